@@ -4,9 +4,24 @@
 //! # Layout
 //! - [`backend`]: the trait, its value types, and [`BackendExt`] transactions built on it.
 //! - [`error`]: the crate's error type.
+//! - [`clock`]: the injected clock that drives lease expiry in the memory backend.
+//! - [`memory`]: the embedded in-memory backend (revisions, history, leases, locks).
+//! - [`config`]: the etcd configuration file (`--kvstore-opt etcd.config=FILE`).
+//! - [`etcd`]: the etcd backend, with reconnect and watch resume.
+//! - [`keys`]: Cilium's key layout under `cilium/` and the typed values stored there.
+//! - [`allocator`]: the cluster-wide identity allocator and its garbage collector.
+//! - `testing` (feature `test-util`): the conformance suite and a private etcd for tests.
 
+pub mod allocator;
 pub mod backend;
+pub mod clock;
+pub mod config;
 pub mod error;
+pub mod etcd;
+pub mod keys;
+pub mod memory;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use backend::{
     Backend, BackendExt, BackendStatus, CmpOp, Compare, CompareTarget, KeyValue, LeaseId,
