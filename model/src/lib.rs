@@ -10,8 +10,9 @@
 //! - [`selector`]: label selectors (`matchLabels`, `matchExpressions`) as they appear in policy
 //!   documents, and matching them against label sets.
 //! - [`policy`]: serde types for CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and
-//!   Kubernetes NetworkPolicy documents, multi-document YAML/JSON parsing, and validation whose
-//!   errors name the offending field.
+//!   Kubernetes NetworkPolicy documents, multi-document YAML/JSON parsing, validation whose
+//!   errors name the offending field, a support check that names features not implemented yet,
+//!   the NetworkPolicy translation, and the effective (namespace-scoped) rules of a document.
 
 pub mod identity;
 pub mod labels;
