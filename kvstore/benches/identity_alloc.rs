@@ -3,9 +3,9 @@
 //! Cases: the in-memory backend, a private etcd with its data directory in the default temp
 //! dir, and one with it on `/dev/shm` (tmpfs: no fsync cost); each sequential (one allocator)
 //! and with 8 concurrent allocators (8 clients, 8 leases, 8 node IPs); each measuring new
-//! label sets (lock, slave-key listing, one create-master-and-slave transaction, unlock) and
-//! re-allocation of label sets another node created (lock, listing, conditional slave write,
-//! unlock).
+//! label sets (lock, one transaction that creates master and slave key if the id is free and no
+//! node references the labels yet, unlock) and re-allocation of label sets another node created
+//! (lock, conditional slave write, unlock).
 //!
 //! Run with `cargo bench -p kvstore --bench identity_alloc`. The `/dev/shm` case runs in a
 //! child process of this binary with `TMPDIR=/dev/shm`, since the test etcd puts its data in

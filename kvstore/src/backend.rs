@@ -115,6 +115,9 @@ pub enum CompareTarget {
 pub struct Compare {
     pub key: String,
     pub target: CompareTarget,
+    /// When true, `key` is a prefix and the condition must hold for every key under it
+    /// (etcd's compare with a range end); a prefix with no keys compares like a missing key.
+    pub prefix: bool,
 }
 
 impl Compare {
@@ -123,6 +126,16 @@ impl Compare {
         Compare {
             key: key.into(),
             target: CompareTarget::CreateRevision(CmpOp::Equal, 0),
+            prefix: false,
+        }
+    }
+
+    /// True when no key starts with `prefix`.
+    pub fn prefix_empty(prefix: impl Into<String>) -> Self {
+        Compare {
+            key: prefix.into(),
+            target: CompareTarget::CreateRevision(CmpOp::Equal, 0),
+            prefix: true,
         }
     }
 
@@ -131,6 +144,7 @@ impl Compare {
         Compare {
             key: key.into(),
             target: CompareTarget::CreateRevision(CmpOp::Greater, 0),
+            prefix: false,
         }
     }
 
@@ -139,6 +153,7 @@ impl Compare {
         Compare {
             key: key.into(),
             target: CompareTarget::ModRevision(CmpOp::Equal, revision),
+            prefix: false,
         }
     }
 
@@ -147,6 +162,7 @@ impl Compare {
         Compare {
             key: key.into(),
             target: CompareTarget::Value(CmpOp::Equal, value.into()),
+            prefix: false,
         }
     }
 }

@@ -276,7 +276,7 @@ fn compare_op(op: CmpOp) -> CompareOp {
 }
 
 fn convert_compare(compare: Compare) -> etcd_client::Compare {
-    match compare.target {
+    let converted = match compare.target {
         CompareTarget::CreateRevision(op, rev) => {
             etcd_client::Compare::create_revision(compare.key, compare_op(op), rev)
         }
@@ -286,6 +286,11 @@ fn convert_compare(compare: Compare) -> etcd_client::Compare {
         CompareTarget::Value(op, value) => {
             etcd_client::Compare::value(compare.key, compare_op(op), value)
         }
+    };
+    if compare.prefix {
+        converted.with_prefix()
+    } else {
+        converted
     }
 }
 

@@ -187,11 +187,7 @@ impl IdentityAllocator {
     async fn locked_allocate(&self, key: &str) -> Result<Allocation, AllocatorError> {
         let backend = &*self.shared.backend;
         let cached = self.shared.state().id_of(key);
-        let existing = match cached {
-            Some(id) => Some(id),
-            None => self.find_by_slave_keys(key).await?,
-        };
-        if let Some(id) = existing {
+        if let Some(id) = cached {
             match self.reference_existing(key, id).await? {
                 true => return Ok(Allocation { id, is_new: false }),
                 // The id now belongs to other labels: allocate a fresh one.
@@ -199,6 +195,11 @@ impl IdentityAllocator {
             }
         }
 
+        let slave_prefix = format!("{}/", identity_slave_prefix(key));
+        // The first attempt also checks, in the same transaction, that no node references
+        // these labels yet, which saves listing their slave keys on the common path of a
+        // brand-new identity. Once that check fails, one listing under the lock settles it.
+        let mut check_slaves = true;
         let range = self.shared.cluster_id.identity_range();
         loop {
             let (id, lease) = {
@@ -213,10 +214,14 @@ impl IdentityAllocator {
                 (id, state.lease)
             };
             let master = identity_master_key(id);
+            let mut compares = vec![Compare::missing(master.clone())];
+            if check_slaves {
+                compares.push(Compare::prefix_empty(slave_prefix.clone()));
+            }
             // Master and slave key in one transaction: the master is created only if the id
             // is free, and our reference lands with it.
             let txn = Txn {
-                compares: vec![Compare::missing(master.clone())],
+                compares,
                 success: vec![
                     TxnOp::Put {
                         key: master,
@@ -234,6 +239,22 @@ impl IdentityAllocator {
             if backend.txn(txn).await?.succeeded {
                 tracing::debug!(labels = key, %id, "allocated new identity");
                 return Ok(Allocation { id, is_new: true });
+            }
+            if check_slaves {
+                // Either the id was taken or another node already uses these labels (its
+                // master not in our cache yet). Nobody else can add references while we
+                // hold the lock, so one listing decides.
+                check_slaves = false;
+                if let Some(existing) = self.find_by_slave_keys(key).await? {
+                    if self.reference_existing(key, existing).await? {
+                        return Ok(Allocation {
+                            id: existing,
+                            is_new: false,
+                        });
+                    }
+                    self.shared.state().mark_taken(existing);
+                }
+                continue;
             }
             // Another node took this id since our cache last heard of it.
             self.shared.state().mark_taken(id);

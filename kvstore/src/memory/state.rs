@@ -6,6 +6,7 @@
 //! one revision per expired lease) testable on their own.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::time::Duration;
 
 use crate::backend::{
@@ -98,10 +99,7 @@ impl State {
     pub(super) fn list(&self, prefix: &str) -> ListResult {
         let kvs = self
             .kvs
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, e)| e.to_key_value(k))
             .collect();
@@ -174,20 +172,20 @@ impl State {
     }
 
     fn compare_holds(&self, compare: &Compare) -> bool {
-        let entry = self.kvs.get(&compare.key);
-        match &compare.target {
-            CompareTarget::CreateRevision(op, rev) => {
-                holds(*op, &entry.map_or(0, |e| e.create_revision), rev)
-            }
-            CompareTarget::ModRevision(op, rev) => {
-                holds(*op, &entry.map_or(0, |e| e.mod_revision), rev)
-            }
-            // etcd: a value comparison against a key that does not exist is false whatever
-            // the operator.
-            CompareTarget::Value(op, value) => {
-                entry.is_some_and(|e| holds(*op, e.value.as_slice(), value.as_slice()))
-            }
+        if !compare.prefix {
+            return target_holds(&compare.target, self.kvs.get(&compare.key));
         }
+        // etcd: a ranged compare must hold for every key in the range, and an empty range
+        // compares like a missing key.
+        let mut under = self
+            .kvs
+            .range::<str, _>((Bound::Included(compare.key.as_str()), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(&compare.key))
+            .peekable();
+        if under.peek().is_none() {
+            return target_holds(&compare.target, None);
+        }
+        under.all(|(_, entry)| target_holds(&compare.target, Some(entry)))
     }
 
     /// Applies `ops` atomically at the next revision. The store is unchanged on error, and the
@@ -422,6 +420,22 @@ impl State {
     }
 }
 
+fn target_holds(target: &CompareTarget, entry: Option<&Entry>) -> bool {
+    match target {
+        CompareTarget::CreateRevision(op, rev) => {
+            holds(*op, &entry.map_or(0, |e| e.create_revision), rev)
+        }
+        CompareTarget::ModRevision(op, rev) => {
+            holds(*op, &entry.map_or(0, |e| e.mod_revision), rev)
+        }
+        // etcd: a value comparison against a key that does not exist is false whatever the
+        // operator.
+        CompareTarget::Value(op, value) => {
+            entry.is_some_and(|e| holds(*op, e.value.as_slice(), value.as_slice()))
+        }
+    }
+}
+
 fn holds<T: Ord + ?Sized>(op: CmpOp, actual: &T, expected: &T) -> bool {
     match op {
         CmpOp::Equal => actual == expected,
@@ -482,6 +496,7 @@ mod tests {
             let c = Compare {
                 key: "missing".into(),
                 target: CompareTarget::Value(op, b"x".to_vec()),
+                prefix: false,
             };
             assert!(!s.compare_holds(&c), "{op:?}");
         }

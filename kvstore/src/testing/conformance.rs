@@ -77,6 +77,7 @@ macro_rules! __kvstore_conformance_tests {
             compare_and_swap_conflicts,
             put_if_exists_requires_condition_key,
             txn_compares_and_failure_branch,
+            txn_prefix_compares,
             lock_mutual_exclusion_in_request_order,
             lock_same_client_waits_for_itself,
             lock_released_when_session_revoked,
@@ -711,6 +712,47 @@ pub async fn put_if_exists_requires_condition_key(h: &impl Harness) {
     assert_eq!(get(&*c, &slave).await.expect("slave").value, b"s");
 }
 
+/// Prefix-scoped compares: an empty prefix compares like a missing key, a populated one must
+/// hold for every key under it (the identity allocator relies on "no slave key yet").
+pub async fn txn_prefix_compares(h: &impl Harness) {
+    let c = h.client().await;
+    let p = prefix("txn-prefix");
+    let scope = format!("{p}scope/");
+    let marker = format!("{p}marker");
+    let empty_then_mark = || Txn {
+        compares: vec![Compare::prefix_empty(scope.clone())],
+        success: vec![TxnOp::Put {
+            key: marker.clone(),
+            value: b"m".to_vec(),
+            lease: None,
+        }],
+        failure: vec![],
+    };
+    // A key that shares the prefix text but sits outside the scope does not count.
+    put(&*c, &format!("{p}scopeless"), "x").await;
+    assert!(c.txn(empty_then_mark()).await.unwrap().succeeded);
+    assert!(c.delete(&marker).await.unwrap());
+
+    put(&*c, &format!("{scope}a"), "1").await;
+    assert!(!c.txn(empty_then_mark()).await.unwrap().succeeded);
+    assert_eq!(get(&*c, &marker).await, None);
+
+    // Every key under the prefix must satisfy a ranged compare.
+    let all_exist = |value: &[u8]| Txn {
+        compares: vec![Compare {
+            key: scope.clone(),
+            target: CompareTarget::Value(CmpOp::Equal, value.to_vec()),
+            prefix: true,
+        }],
+        success: vec![],
+        failure: vec![],
+    };
+    put(&*c, &format!("{scope}b"), "1").await;
+    assert!(c.txn(all_exist(b"1")).await.unwrap().succeeded);
+    put(&*c, &format!("{scope}b"), "2").await;
+    assert!(!c.txn(all_exist(b"1")).await.unwrap().succeeded);
+}
+
 /// Transactions: etcd's compare rules and the failure branch, each branch at one revision.
 pub async fn txn_compares_and_failure_branch(h: &impl Harness) {
     let c = h.client().await;
@@ -748,6 +790,7 @@ pub async fn txn_compares_and_failure_branch(h: &impl Harness) {
     let holds = |target| Compare {
         key: b.clone(),
         target,
+        prefix: false,
     };
     let response = c
         .txn(Txn {
@@ -780,6 +823,7 @@ pub async fn txn_compares_and_failure_branch(h: &impl Harness) {
                 compares: vec![Compare {
                     key: format!("{p}missing"),
                     target: CompareTarget::Value(op, b"x".to_vec()),
+                    prefix: false,
                 }],
                 success: vec![TxnOp::Delete { key: a.clone() }],
                 failure: vec![],
