@@ -1,0 +1,190 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Connection tracking over cilium_ct4_global (TCP) and cilium_ct_any4_global
+ * (everything else), as upstream's bpf/lib/conntrack.h: a reply of a tracked
+ * connection is CT_REPLY and skips policy, later packets of an allowed
+ * connection are CT_ESTABLISHED, anything else is CT_NEW.
+ */
+#pragma once
+
+#include "common.h"
+#include "maps.h"
+#include "parse.h"
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+struct ct_state {
+	__be16 rev_nat_index; /* from the matched entry */
+	__u8 monitor;         /* emit a trace for this packet */
+	__u32 src_sec_id;
+};
+
+__inline_fn void *ct_map4(__u8 proto)
+{
+	if (proto == IPPROTO_TCP)
+		return &cilium_ct4_global;
+	return &cilium_ct_any4_global;
+}
+
+/* Seconds of CLOCK_MONOTONIC (coarse); the agent's GC reads the same clock. */
+__inline_fn __u32 ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns() / NSEC_PER_SEC;
+}
+
+/* The key a connection whose first packet is `pkt` is stored under when it
+ * is created in direction `dir` (TUPLE_F_OUT on egress, TUPLE_F_IN on ingress). */
+__inline_fn void ct_key_forward(struct ipv4_ct_tuple *key, const struct pkt4 *pkt, __u8 dir)
+{
+	key->daddr = pkt->saddr;
+	key->saddr = pkt->daddr;
+	key->dport = pkt->dport;
+	key->sport = pkt->sport;
+	key->nexthdr = pkt->proto;
+	key->flags = dir;
+}
+
+/* The key of the connection `pkt` would be a reply to: the original went the
+ * other way and was created in the opposite direction. */
+__inline_fn void ct_key_reverse(struct ipv4_ct_tuple *key, const struct pkt4 *pkt, __u8 dir)
+{
+	key->daddr = pkt->daddr;
+	key->saddr = pkt->saddr;
+	key->dport = pkt->sport;
+	key->sport = pkt->dport;
+	key->nexthdr = pkt->proto;
+	key->flags = dir ^ TUPLE_F_IN;
+}
+
+__inline_fn __u32 ct_lifetime(const struct pkt4 *pkt, __u16 flags)
+{
+	if (pkt->proto != IPPROTO_TCP)
+		return CT_CONNECTION_LIFETIME_NONTCP;
+	if ((flags & (CT_F_RX_CLOSING | CT_F_TX_CLOSING)) ==
+	    (CT_F_RX_CLOSING | CT_F_TX_CLOSING))
+		return CT_CLOSE_TIMEOUT;
+	if (!(flags & CT_F_SEEN_NON_SYN))
+		return CT_SYN_TIMEOUT;
+	return CT_CONNECTION_LIFETIME_TCP;
+}
+
+/*
+ * Per-packet update of a matched entry: TCP flags and closing state, the
+ * expiry, and whether this packet should be traced (new TCP flags or one
+ * report interval since the last trace in this direction, as upstream's
+ * monitor aggregation). Writes only what changed to keep the cache line
+ * shared between CPUs.
+ */
+__inline_fn void ct_refresh(struct ct_entry *entry, const struct pkt4 *pkt, __u32 now,
+			    bool reply, struct ct_state *state)
+{
+	__u16 flags = entry->flags;
+	__u8 tcp_flags = pkt->tcp_flags;
+	__u32 *last_report;
+	__u32 expiry;
+
+	if (pkt->proto == IPPROTO_TCP) {
+		__u8 *seen = reply ? &entry->rx_flags_seen : &entry->tx_flags_seen;
+
+		if ((*seen | tcp_flags) != *seen) {
+			*seen |= tcp_flags;
+			state->monitor = 1;
+		}
+		if (tcp_flags & TCP_FLAG_RST)
+			flags |= CT_F_RX_CLOSING | CT_F_TX_CLOSING;
+		else if (tcp_flags & TCP_FLAG_FIN)
+			flags |= reply ? CT_F_RX_CLOSING : CT_F_TX_CLOSING;
+		if (!(tcp_flags & TCP_FLAG_SYN))
+			flags |= CT_F_SEEN_NON_SYN;
+		if (flags != entry->flags)
+			entry->flags = flags;
+	}
+	expiry = now + ct_lifetime(pkt, flags);
+	if (entry->lifetime != expiry)
+		entry->lifetime = expiry;
+
+	last_report = reply ? &entry->last_rx_report : &entry->last_tx_report;
+	if (now - *last_report >= CT_REPORT_INTERVAL) {
+		*last_report = now;
+		state->monitor = 1;
+	}
+	state->rev_nat_index = entry->rev_nat_index;
+	state->src_sec_id = entry->src_sec_id;
+}
+
+/* Upstream ct_lookup4(): reply first, because REPLY takes precedence over
+ * ESTABLISHED (policy is skipped for it), then the forward direction. */
+__inline_fn int ct_lookup4(const struct pkt4 *pkt, __u8 dir, __u32 now, struct ct_state *state)
+{
+	void *map = ct_map4(pkt->proto);
+	struct ipv4_ct_tuple key;
+	struct ct_entry *entry;
+
+	state->rev_nat_index = 0;
+	state->monitor = 0;
+	state->src_sec_id = 0;
+
+	ct_key_reverse(&key, pkt, dir);
+	entry = bpf_map_lookup_elem(map, &key);
+	if (entry) {
+		ct_refresh(entry, pkt, now, true, state);
+		return CT_REPLY;
+	}
+
+	ct_key_forward(&key, pkt, dir);
+	entry = bpf_map_lookup_elem(map, &key);
+	if (!entry)
+		return CT_NEW;
+	/* A SYN on a closing connection starts a new one: upstream treats it
+	 * as CT_NEW so that policy is evaluated again and the entry recreated. */
+	if (pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & TCP_FLAG_SYN) &&
+	    !(pkt->tcp_flags & TCP_FLAG_ACK) &&
+	    (entry->flags & (CT_F_RX_CLOSING | CT_F_TX_CLOSING)))
+		return CT_NEW;
+	ct_refresh(entry, pkt, now, false, state);
+	return CT_ESTABLISHED;
+}
+
+/* ICMP errors about a tracked TCP/UDP connection are CT_RELATED and pass
+ * without policy, as upstream (which tracks them through RELATED twins of
+ * each entry; we look the embedded header up instead). */
+__inline_fn bool ct_icmp_related4(struct __sk_buff *ctx, const struct pkt4 *pkt, __u8 dir)
+{
+	struct ipv4_ct_tuple key;
+	struct pkt4 inner;
+
+	if (pkt->proto != IPPROTO_ICMP || !pkt->has_l4 || !icmp_is_error(pkt->icmp_type))
+		return false;
+	if (!parse_icmp_inner(ctx, pkt, &inner))
+		return false;
+	/* The embedded packet belongs to a connection created in the other
+	 * direction than the one this error travels in. */
+	ct_key_forward(&key, &inner, dir ^ TUPLE_F_IN);
+	return bpf_map_lookup_elem(ct_map4(inner.proto), &key) != NULL;
+}
+
+/* Upstream ct_create4(); returns 0 or a drop reason. */
+__inline_fn int ct_create4(const struct pkt4 *pkt, __u8 dir, __u32 now, __be16 rev_nat_index,
+			   __u32 src_sec_id)
+{
+	struct ipv4_ct_tuple key;
+	struct ct_entry entry;
+
+	__builtin_memset(&entry, 0, sizeof(entry));
+	ct_key_forward(&key, pkt, dir);
+	if (pkt->proto == IPPROTO_TCP) {
+		entry.tx_flags_seen = pkt->tcp_flags;
+		if (!(pkt->tcp_flags & TCP_FLAG_SYN))
+			entry.flags |= CT_F_SEEN_NON_SYN;
+	}
+	entry.lifetime = now + ct_lifetime(pkt, entry.flags);
+	entry.rev_nat_index = rev_nat_index;
+	entry.src_sec_id = src_sec_id;
+	entry.last_tx_report = now;
+	if (bpf_map_update_elem(ct_map4(pkt->proto), &key, &entry, BPF_ANY) < 0)
+		return DROP_CT_CREATE_FAILED;
+	return 0;
+}
