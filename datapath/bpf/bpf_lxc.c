@@ -125,13 +125,55 @@ __inline_fn int handle_arp(struct __sk_buff *ctx)
 	return bpf_redirect(ctx->ifindex, 0);
 }
 
+/*
+ * Fills the event fields that name the local endpoint, for events of packets
+ * the fast path let through without looking it up. A miss (the endpoint is
+ * being removed while its veth still carries traffic) leaves them 0.
+ */
+__inline_fn void event_info_src_endpoint(struct event_info *info, __be32 addr)
+{
+	struct endpoint_info *ep = lookup_endpoint4(addr);
+
+	if (ep) {
+		info->source = ep->lxc_id;
+		info->src_label = ep->sec_id;
+	}
+}
+
+__inline_fn void event_info_dst_endpoint(struct event_info *info, __be32 addr)
+{
+	struct endpoint_info *ep = lookup_endpoint4(addr);
+
+	if (ep) {
+		info->source = ep->lxc_id;
+		info->dst_id = ep->lxc_id;
+		info->dst_label = ep->sec_id;
+	}
+}
+
+/*
+ * Packets leaving the pod. Conntrack comes first, on the packet as the pod
+ * sent it: a packet of a known connection whose entry this veth created is
+ * forwarded after one lookup, without the endpoint, service or policy maps
+ * (see ct_entry_on_device()). Anything else is validated against the
+ * endpoint, then translated if addressed to a ClusterIP (and looked up again
+ * as translated) and, if new, subject to policy.
+ *
+ * Deviation from upstream, which translates services before conntrack: a
+ * connection that exists before a service is created on its destination
+ * keeps going to that destination instead of being moved to a backend
+ * mid-stream, and a pod's replies to a peer that connected from a frontend
+ * address are not translated.
+ */
 __inline_fn int handle_ipv4_from_lxc(struct __sk_buff *ctx, struct event_info *info)
 {
-	bool untracked_frag, related = false;
+	bool untracked_frag, related = false, ep_known = false, reply_first;
+	struct lb4_service *svc = NULL;
+	struct ct_entry *entry = NULL;
 	struct policy_result res;
-	struct endpoint_info *ep;
-	struct ct_state ct;
+	struct ct_state ct = {};
 	__be16 rev_nat = 0;
+	__be32 src_addr;
 	struct pkt4 pkt;
 	int ct_ret, ret;
 	__u32 now;
@@ -140,65 +182,86 @@ __inline_fn int handle_ipv4_from_lxc(struct __sk_buff *ctx, struct event_info *i
 	if (ret)
 		return DROP(ctx, info, ret, METRIC_EGRESS);
 	event_info_from_pkt(info, &pkt);
-
-	/* The source must be this veth's endpoint (upstream DROP_INVALID_SIP). */
-	ep = lookup_endpoint4(pkt.saddr);
-	if (!ep || ep->ifindex != ctx->ifindex)
-		return DROP(ctx, info, DROP_INVALID_SIP, METRIC_EGRESS);
-	info->source = ep->lxc_id;
-	info->src_label = ep->sec_id;
-
-	now = ct_now();
+	src_addr = pkt.saddr;
 	untracked_frag = pkt.is_fragment && !pkt.has_l4;
+	now = ct_now();
 
-	if (pkt.has_l4 && (pkt.proto == IPPROTO_TCP || pkt.proto == IPPROTO_UDP)) {
-		ret = lb4_local(ctx, &pkt, ep->sec_id, now, &rev_nat);
-		if (ret)
-			return DROP(ctx, info, ret, METRIC_EGRESS);
-		if (rev_nat) {
+	/* Conntrack as in ct_lookup4(), except that a packet to a service
+	 * frontend skips the reply half: translated, it is looked up again. */
+	reply_first = ct_reply_first(&pkt);
+	ct_ret = CT_NEW;
+	if (reply_first)
+		ct_ret = ct_lookup4_reply(&pkt, TUPLE_F_OUT, &entry);
+	if (ct_ret == CT_NEW)
+		ct_ret = ct_lookup4_forward(&pkt, TUPLE_F_OUT, &entry);
+	if (ct_ret == CT_NEW && pkt.has_l4 &&
+	    (pkt.proto == IPPROTO_TCP || pkt.proto == IPPROTO_UDP))
+		svc = lb4_lookup_service(&pkt);
+	if (ct_ret == CT_NEW && !svc && !reply_first)
+		ct_ret = ct_lookup4_reply(&pkt, TUPLE_F_OUT, &entry);
+
+	/* `entry` is set exactly when ct_ret is CT_ESTABLISHED or CT_REPLY. */
+	if (!entry || !ct_entry_on_device(entry, ctx)) {
+		/* The source must be this veth's endpoint (upstream DROP_INVALID_SIP). */
+		struct endpoint_info *ep = lookup_endpoint4(pkt.saddr);
+
+		if (!ep || ep->ifindex != ctx->ifindex)
+			return DROP(ctx, info, DROP_INVALID_SIP, METRIC_EGRESS);
+		ep_known = true;
+		info->source = ep->lxc_id;
+		info->src_label = ep->sec_id;
+
+		if (svc) {
+			ret = lb4_local(ctx, &pkt, svc, ep->sec_id, now, &rev_nat);
+			if (ret)
+				return DROP(ctx, info, ret, METRIC_EGRESS);
 			info->daddr = pkt.daddr;
 			info->dport = pkt.dport;
+			ct_ret = ct_lookup4(&pkt, TUPLE_F_OUT, &entry);
+		}
+
+		if (ct_ret == CT_NEW && ct_icmp_related4(ctx, &pkt, TUPLE_F_OUT)) {
+			ct_ret = CT_RELATED;
+			related = true;
+		} else if (ct_ret == CT_NEW) {
+			info->dst_label = lookup_identity4(pkt.daddr);
+			policy_check(ep->lxc_id, info->dst_label, 1, &pkt, untracked_frag, &res);
+			send_policy_verdict_notify(ctx, info, res.verdict, res.match_type,
+						   res.cookie);
+			if (res.verdict < 0)
+				return DROP(ctx, info, (__u8)(-res.verdict), METRIC_EGRESS);
+			if (!untracked_frag) {
+				ret = ct_create4(&pkt, TUPLE_F_OUT, now, rev_nat, ep->sec_id,
+						 ctx->ifindex);
+				if (ret)
+					return DROP(ctx, info, ret, METRIC_EGRESS);
+			}
+			ct.monitor = 1;
 		}
 	}
 
-	ct_ret = ct_lookup4(&pkt, TUPLE_F_OUT, now, &ct);
-	if (ct_ret == CT_NEW && ct_icmp_related4(ctx, &pkt, TUPLE_F_OUT)) {
-		ct_ret = CT_RELATED;
-		related = true;
-	}
-
-	switch (ct_ret) {
-	case CT_REPLY:
-		info->flags |= EVENT_F_REPLY;
+	if (entry) {
+		ct_refresh(entry, &pkt, now, ct_ret == CT_REPLY, &ct);
 		/* Replies of connections that were DNATed on their way in. */
-		if (ct.rev_nat_index) {
-			ret = lb4_rev_nat(ctx, &pkt, ct.rev_nat_index);
-			if (ret)
-				return DROP(ctx, info, ret, METRIC_EGRESS);
-			info->saddr = pkt.saddr;
-			info->sport = pkt.sport;
+		if (ct_ret == CT_REPLY) {
+			info->flags |= EVENT_F_REPLY;
+			if (ct.rev_nat_index) {
+				ret = lb4_rev_nat(ctx, &pkt, ct.rev_nat_index);
+				if (ret) {
+					if (!ep_known)
+						event_info_src_endpoint(info, src_addr);
+					return DROP(ctx, info, ret, METRIC_EGRESS);
+				}
+				info->saddr = pkt.saddr;
+				info->sport = pkt.sport;
+			}
 		}
-		break;
-	case CT_ESTABLISHED:
-	case CT_RELATED:
-		break;
-	default:
-		info->dst_label = lookup_identity4(pkt.daddr);
-		policy_check(ep->lxc_id, info->dst_label, 1, &pkt, untracked_frag, &res);
-		send_policy_verdict_notify(ctx, info, res.verdict, res.match_type, res.cookie);
-		if (res.verdict < 0)
-			return DROP(ctx, info, (__u8)(-res.verdict), METRIC_EGRESS);
-		if (!untracked_frag) {
-			ret = ct_create4(&pkt, TUPLE_F_OUT, now, rev_nat, ep->sec_id);
-			if (ret)
-				return DROP(ctx, info, ret, METRIC_EGRESS);
-		}
-		ct.monitor = 1;
-		break;
 	}
 
-	update_metrics(ctx->len, METRIC_EGRESS, REASON_FORWARDED, 0);
-	if (ct.monitor || related) {
+	update_metrics_forwarded(ctx->len, METRIC_EGRESS);
+	if (trace_wanted(ct.monitor || related)) {
+		if (!ep_known)
+			event_info_src_endpoint(info, src_addr);
 		if (!info->dst_label)
 			info->dst_label = lookup_identity4(pkt.daddr);
 		send_trace_notify(ctx, info, TRACE_TO_STACK, (__u8)ct_ret);
@@ -238,12 +301,15 @@ int cil_from_container(struct __sk_buff *ctx)
 	}
 }
 
+/* Packets entering the pod: conntrack first, as on the way out; only a
+ * packet no entry of this veth vouches for needs the endpoint lookup. */
 __inline_fn int handle_ipv4_to_lxc(struct __sk_buff *ctx, struct event_info *info)
 {
-	bool untracked_frag, related = false;
+	bool untracked_frag, related = false, ep_known = false;
+	struct ct_entry *entry = NULL;
 	struct policy_result res;
-	struct endpoint_info *ep;
-	struct ct_state ct;
+	struct ct_state ct = {};
+	__be32 dst_addr;
 	struct pkt4 pkt;
 	int ct_ret, ret;
 	__u32 now;
@@ -252,59 +318,68 @@ __inline_fn int handle_ipv4_to_lxc(struct __sk_buff *ctx, struct event_info *inf
 	if (ret)
 		return DROP(ctx, info, ret, METRIC_INGRESS);
 	event_info_from_pkt(info, &pkt);
-
-	/* Only this veth's endpoint is behind it; upstream's per-endpoint
-	 * program has no way to be reached for another address. */
-	ep = lookup_endpoint4(pkt.daddr);
-	if (!ep || ep->ifindex != ctx->ifindex)
-		return DROP(ctx, info, DROP_UNKNOWN_TARGET, METRIC_INGRESS);
-	info->source = ep->lxc_id;
-	info->dst_id = ep->lxc_id;
-	info->dst_label = ep->sec_id;
-
-	now = ct_now();
+	dst_addr = pkt.daddr;
 	untracked_frag = pkt.is_fragment && !pkt.has_l4;
+	now = ct_now();
 
-	ct_ret = ct_lookup4(&pkt, TUPLE_F_IN, now, &ct);
-	if (ct_ret == CT_NEW && ct_icmp_related4(ctx, &pkt, TUPLE_F_IN)) {
-		ct_ret = CT_RELATED;
-		related = true;
+	/* `entry` is set exactly when ct_ret is CT_ESTABLISHED or CT_REPLY. */
+	ct_ret = ct_lookup4(&pkt, TUPLE_F_IN, &entry);
+	if (!entry || !ct_entry_on_device(entry, ctx)) {
+		/* Only this veth's endpoint is behind it; upstream's per-endpoint
+		 * program has no way to be reached for another address. */
+		struct endpoint_info *ep = lookup_endpoint4(pkt.daddr);
+
+		if (!ep || ep->ifindex != ctx->ifindex)
+			return DROP(ctx, info, DROP_UNKNOWN_TARGET, METRIC_INGRESS);
+		ep_known = true;
+		info->source = ep->lxc_id;
+		info->dst_id = ep->lxc_id;
+		info->dst_label = ep->sec_id;
+
+		if (ct_ret == CT_NEW && ct_icmp_related4(ctx, &pkt, TUPLE_F_IN)) {
+			ct_ret = CT_RELATED;
+			related = true;
+		} else if (ct_ret == CT_NEW) {
+			info->src_label = lookup_identity4(pkt.saddr);
+			policy_check(ep->lxc_id, info->src_label, 0, &pkt, untracked_frag, &res);
+			send_policy_verdict_notify(ctx, info, res.verdict, res.match_type,
+						   res.cookie);
+			if (res.verdict < 0)
+				return DROP(ctx, info, (__u8)(-res.verdict), METRIC_INGRESS);
+			if (!untracked_frag) {
+				ret = ct_create4(&pkt, TUPLE_F_IN, now, 0, info->src_label,
+						 ctx->ifindex);
+				if (ret)
+					return DROP(ctx, info, ret, METRIC_INGRESS);
+			}
+			ct.monitor = 1;
+		}
 	}
 
-	switch (ct_ret) {
-	case CT_REPLY:
-		info->flags |= EVENT_F_REPLY;
+	if (entry) {
+		ct_refresh(entry, &pkt, now, ct_ret == CT_REPLY, &ct);
+		if (ct_ret == CT_ESTABLISHED)
+			info->src_label = ct.src_sec_id;
 		/* A reply from a service backend: restore the frontend as source. */
-		if (ct.rev_nat_index) {
-			ret = lb4_rev_nat(ctx, &pkt, ct.rev_nat_index);
-			if (ret)
-				return DROP(ctx, info, ret, METRIC_INGRESS);
-			info->saddr = pkt.saddr;
-			info->sport = pkt.sport;
+		if (ct_ret == CT_REPLY) {
+			info->flags |= EVENT_F_REPLY;
+			if (ct.rev_nat_index) {
+				ret = lb4_rev_nat(ctx, &pkt, ct.rev_nat_index);
+				if (ret) {
+					if (!ep_known)
+						event_info_dst_endpoint(info, dst_addr);
+					return DROP(ctx, info, ret, METRIC_INGRESS);
+				}
+				info->saddr = pkt.saddr;
+				info->sport = pkt.sport;
+			}
 		}
-		break;
-	case CT_ESTABLISHED:
-		info->src_label = ct.src_sec_id;
-		break;
-	case CT_RELATED:
-		break;
-	default:
-		info->src_label = lookup_identity4(pkt.saddr);
-		policy_check(ep->lxc_id, info->src_label, 0, &pkt, untracked_frag, &res);
-		send_policy_verdict_notify(ctx, info, res.verdict, res.match_type, res.cookie);
-		if (res.verdict < 0)
-			return DROP(ctx, info, (__u8)(-res.verdict), METRIC_INGRESS);
-		if (!untracked_frag) {
-			ret = ct_create4(&pkt, TUPLE_F_IN, now, 0, info->src_label);
-			if (ret)
-				return DROP(ctx, info, ret, METRIC_INGRESS);
-		}
-		ct.monitor = 1;
-		break;
 	}
 
-	update_metrics(ctx->len, METRIC_INGRESS, REASON_FORWARDED, 0);
-	if (ct.monitor || related) {
+	update_metrics_forwarded(ctx->len, METRIC_INGRESS);
+	if (trace_wanted(ct.monitor || related)) {
+		if (!ep_known)
+			event_info_dst_endpoint(info, dst_addr);
 		if (!info->src_label)
 			info->src_label = lookup_identity4(pkt.saddr);
 		send_trace_notify(ctx, info, TRACE_TO_LXC, (__u8)ct_ret);

@@ -1,4 +1,6 @@
-//! The datapath's error type: one enum naming the operation that failed.
+//! Errors of loading the BPF objects and of operating on their maps through aya ([`BpfError`]).
+//! They stop at the [`Datapath`](crate::api::Datapath) boundary, where the kernel
+//! implementation turns them into [`crate::api::DatapathError`] with the map or endpoint named.
 
 use std::io;
 use std::path::PathBuf;
@@ -10,7 +12,7 @@ use aya::programs::ProgramError;
 
 /// Errors of loading the BPF objects and of operating on their maps.
 #[derive(Debug, thiserror::Error)]
-pub enum DatapathError {
+pub enum BpfError {
     /// The embedded object could not be loaded (parse, BTF, map creation).
     #[error("failed to load bpf object {object}")]
     Load {

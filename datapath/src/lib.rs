@@ -5,25 +5,43 @@
 //! - `bpf/bpf_lxc.c` (+ `bpf/lib/*.h`): `cil_from_container` and `cil_to_container`, the
 //!   programs on each endpoint's host-side veth; `bpf/bench.c`: benchmark yardsticks. `build.rs`
 //!   compiles them with clang.
-//! - [`maps`]: one module per map family with the key/value structs and their constructors from
-//!   domain values ([`model::identity::NumericIdentity`], std addresses).
-//! - [`loader`]: [`BpfObjects::load`] creates or adopts the pinned maps and loads the programs.
-//! - [`error`]: the [`DatapathError`] enum.
+//! - [`api`]: the boundary the control plane uses: the object-safe [`Datapath`] trait, the
+//!   domain keys and values of every map ([`api::MapKey`], [`api::MapValue`]), ids such as
+//!   [`EndpointId`], and [`DatapathError`].
+//! - [`maps`]: one module per map family with the `#[repr(C)]` key/value structs mirroring
+//!   `bpf/lib/maps.h`, and the map names and specs.
+//! - [`loader`]: [`BpfObjects::load`] creates or adopts the pinned maps and loads the programs;
+//!   its failures are [`BpfError`]s ([`error`]).
+//! - [`kernel`]: [`KernelDatapath`], the [`Datapath`] over the loaded objects: domain <->
+//!   layout conversion ([`kernel::convert`]), errno -> [`DatapathError`], conntrack GC, metrics.
+//! - [`attach`]: TCX attachment of the programs to an endpoint's veth inside the node's network
+//!   namespace, and the pinned links that keep enforcing while no agent runs.
+//! - [`monitor`]: the event reader: `cilium_events` ring-buffer records -> typed
+//!   [`monitor::MonitorEvent`]s, `cilium-dbg monitor`-style lines and type filters.
+//! - [`reconciler`]: the Datapath actor, the single writer of every map (desired state,
+//!   idempotent apply, prune, retry with backoff).
+//! - `fake` and `testing` (feature `test-util`): the recording in-memory [`Datapath`] and the
+//!   behavioural suite every implementation passes.
+//! - `sys`: the one bpf syscall aya does not expose.
 //!
 //! Architecture invariant: domain types stop at this crate's boundary; the programs know only
 //! the map layouts, which mirror upstream Cilium's.
 
 pub mod api;
+pub mod attach;
 pub mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+pub mod kernel;
 pub mod loader;
 pub mod maps;
+pub mod monitor;
 pub mod reconciler;
 mod sys;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use error::DatapathError;
+pub use api::{Datapath, DatapathError, EndpointId};
+pub use error::BpfError;
+pub use kernel::KernelDatapath;
 pub use loader::{BpfObjects, DatapathMaps, LoadOptions, PolicyMap, PolicyMaps};
-pub use maps::EndpointId;

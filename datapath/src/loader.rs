@@ -16,13 +16,15 @@ use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use tracing::{debug, warn};
 
-use crate::error::DatapathError;
+use crate::error::BpfError;
 use crate::maps::ct::{CtEntry, CtTuple4};
 use crate::maps::endpoint::{EndpointInfo, EndpointKey};
-use crate::maps::events::EventsRateLimit;
+use crate::maps::events::{EventsRateLimit, MonitorAggregation};
 use crate::maps::ipcache::{IpcacheKey, RemoteEndpointInfo};
 use crate::maps::lb::{Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service};
-use crate::maps::metrics::{MetricDirection, MetricsKey, MetricsValue};
+use crate::maps::metrics::{
+    METRICS_FWD_SIZE, MetricDirection, MetricsKey, MetricsValue, REASON_FORWARDED,
+};
 use crate::maps::policy::{PolicyEntry, PolicyKey};
 use crate::maps::{BPF_F_NO_PREALLOC, EndpointId, GLOBAL_MAPS, MapSpec, POLICY_MAP_SIZE, names};
 
@@ -40,6 +42,10 @@ pub const TO_CONTAINER: &str = "cil_to_container";
 
 /// Upstream's default `--bpf-lb-map-max`.
 pub const DEFAULT_LB_MAP_MAX_ENTRIES: u32 = 65536;
+/// Upstream's default `--bpf-ct-global-tcp-max`.
+pub const DEFAULT_CT_TCP_MAX_ENTRIES: u32 = 524288;
+/// Upstream's default `--bpf-ct-global-any-max`.
+pub const DEFAULT_CT_ANY_MAX_ENTRIES: u32 = 262144;
 
 /// How to load the programs.
 #[derive(Debug, Clone)]
@@ -52,9 +58,16 @@ pub struct LoadOptions {
     pub events_rate_per_sec: u64,
     /// Events a CPU may emit in a burst.
     pub events_burst: u64,
+    /// Which forwarded packets are traced (upstream `--monitor-aggregation`, default medium:
+    /// established flows are not traced per packet).
+    pub monitor_aggregation: MonitorAggregation,
     /// Entries of each load-balancing map (upstream `--bpf-lb-map-max`, default 65536). A
     /// service takes one entry for its frontend and one per backend slot.
     pub lb_map_max_entries: u32,
+    /// Entries of `cilium_ct4_global` (upstream `--bpf-ct-global-tcp-max`, default 524288).
+    pub ct_tcp_max_entries: u32,
+    /// Entries of `cilium_ct_any4_global` (upstream `--bpf-ct-global-any-max`, default 262144).
+    pub ct_any_max_entries: u32,
 }
 
 impl Default for LoadOptions {
@@ -63,7 +76,10 @@ impl Default for LoadOptions {
             bpf_root: None,
             events_rate_per_sec: 1000,
             events_burst: 1000,
+            monitor_aggregation: MonitorAggregation::default(),
             lb_map_max_entries: DEFAULT_LB_MAP_MAX_ENTRIES,
+            ct_tcp_max_entries: DEFAULT_CT_TCP_MAX_ENTRIES,
+            ct_any_max_entries: DEFAULT_CT_ANY_MAX_ENTRIES,
         }
     }
 }
@@ -88,10 +104,10 @@ pub struct PolicyMaps {
 }
 
 impl PolicyMaps {
-    fn outer_data(&self) -> Result<&MapData, DatapathError> {
+    fn outer_data(&self) -> Result<&MapData, BpfError> {
         match &self.outer {
             Map::ArrayOfMaps(data) => Ok(data),
-            _ => Err(DatapathError::MapLayout {
+            _ => Err(BpfError::MapLayout {
                 name: names::POLICY.to_owned(),
                 source: MapError::InvalidMapType { map_type: 0 },
             }),
@@ -101,7 +117,7 @@ impl PolicyMaps {
     /// Creates the policy map of endpoint `id` (or adopts its pin when pinning and a compatible
     /// one exists) and installs it, so the programs enforce it from now on. Until an endpoint has
     /// a map, its packets that need a policy decision are dropped (`DROP_EP_NOT_READY`).
-    pub fn create(&mut self, id: EndpointId) -> Result<PolicyMap, DatapathError> {
+    pub fn create(&mut self, id: EndpointId) -> Result<PolicyMap, BpfError> {
         let name = names::endpoint_policy(id);
         let map = match &self.pin_dir {
             Some(dir) => {
@@ -109,7 +125,7 @@ impl PolicyMaps {
                 remove_if_incompatible(&path, &inner_policy_spec())?;
                 if !path.exists() {
                     let fresh = create_policy_map(&name)?;
-                    fresh.pin(&path).map_err(|source| DatapathError::Pin {
+                    fresh.pin(&path).map_err(|source| BpfError::Pin {
                         name: name.clone(),
                         path: path.clone(),
                         source,
@@ -120,7 +136,7 @@ impl PolicyMaps {
             None => create_policy_map(&name)?,
         };
         let mut outer = ArrayOfMaps::<&mut MapData, PolicyMap>::try_from(&mut self.outer).map_err(
-            |source| DatapathError::MapLayout {
+            |source| BpfError::MapLayout {
                 name: names::POLICY.to_owned(),
                 source,
             },
@@ -132,10 +148,10 @@ impl PolicyMaps {
     }
 
     /// The policy map installed for endpoint `id`, if any.
-    pub fn get(&self, id: EndpointId) -> Result<Option<PolicyMap>, DatapathError> {
+    pub fn get(&self, id: EndpointId) -> Result<Option<PolicyMap>, BpfError> {
         let outer =
             ArrayOfMaps::<&MapData, PolicyMap>::try_from(&self.outer).map_err(|source| {
-                DatapathError::MapLayout {
+                BpfError::MapLayout {
                     name: names::POLICY.to_owned(),
                     source,
                 }
@@ -148,7 +164,7 @@ impl PolicyMaps {
     }
 
     /// Uninstalls the policy map of endpoint `id` and removes its pin.
-    pub fn remove(&mut self, id: EndpointId) -> Result<(), DatapathError> {
+    pub fn remove(&mut self, id: EndpointId) -> Result<(), BpfError> {
         let outer = self.outer_data()?;
         match crate::sys::map_delete_u32(outer.fd().as_fd(), u32::from(id.get())) {
             Ok(()) => {}
@@ -169,7 +185,7 @@ impl PolicyMaps {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(DatapathError::StalePin { path, source }),
+                Err(source) => return Err(BpfError::StalePin { path, source }),
             }
         }
         Ok(())
@@ -187,15 +203,15 @@ fn inner_policy_spec() -> MapSpec {
     }
 }
 
-fn create_policy_map(name: &str) -> Result<PolicyMap, DatapathError> {
+fn create_policy_map(name: &str) -> Result<PolicyMap, BpfError> {
     PolicyMap::create(POLICY_MAP_SIZE, BPF_F_NO_PREALLOC)
         .map_err(|source| map_error("create", name, source))
 }
 
-fn open_pinned_policy_map(name: &str, path: &Path) -> Result<PolicyMap, DatapathError> {
+fn open_pinned_policy_map(name: &str, path: &Path) -> Result<PolicyMap, BpfError> {
     let data = MapData::from_pin(path).map_err(|source| map_error("open pin", name, source))?;
     let map = Map::from_map_data(data).map_err(|source| map_error("open pin", name, source))?;
-    PolicyMap::try_from(map).map_err(|source| DatapathError::MapLayout {
+    PolicyMap::try_from(map).map_err(|source| BpfError::MapLayout {
         name: name.to_owned(),
         source,
     })
@@ -219,8 +235,10 @@ pub struct DatapathMaps {
     pub ct4: HashMap<MapData, CtTuple4, CtEntry>,
     /// `cilium_ct_any4_global`.
     pub ct_any4: HashMap<MapData, CtTuple4, CtEntry>,
-    /// `cilium_metrics`.
+    /// `cilium_metrics`: drops (and nothing else, see `metrics_fwd`).
     pub metrics: PerCpuHashMap<MapData, MetricsKey, MetricsValue>,
+    /// `cilium_metrics_fwd`: forwarded packets by direction code.
+    pub metrics_fwd: PerCpuArray<MapData, MetricsValue>,
     /// `cilium_events`.
     pub events: RingBuf<MapData>,
     /// `cilium_events_ratelimit`.
@@ -240,9 +258,26 @@ impl std::fmt::Debug for DatapathMaps {
 pub type MetricTotals = BTreeMap<(u8, u8), MetricsValue>;
 
 impl DatapathMaps {
-    /// `cilium_metrics` summed over CPUs and source lines, by (reason, direction code).
-    pub fn metric_totals(&self) -> Result<MetricTotals, DatapathError> {
+    /// `cilium_metrics` summed over CPUs and source lines, by (reason, direction code), with the
+    /// forwarded counters of `cilium_metrics_fwd` as reason 0: upstream's view of `cilium_metrics`.
+    /// Only pairs that counted a packet appear.
+    pub fn metric_totals(&self) -> Result<MetricTotals, BpfError> {
         let mut totals = MetricTotals::new();
+        for dir in 0..METRICS_FWD_SIZE {
+            let values = self
+                .metrics_fwd
+                .get(&dir, 0)
+                .map_err(|source| map_error("lookup", names::METRICS_FWD, source))?;
+            let mut sum = MetricsValue::default();
+            for value in values.iter() {
+                sum.count += value.count;
+                sum.bytes += value.bytes;
+            }
+            if sum.count > 0 {
+                // Direction codes are 0-3 (the array has METRICS_FWD_SIZE entries).
+                totals.insert((REASON_FORWARDED, dir as u8), sum);
+            }
+        }
         for item in self.metrics.iter() {
             let (key, values) =
                 item.map_err(|source| map_error("iterate", names::METRICS, source))?;
@@ -256,11 +291,7 @@ impl DatapathMaps {
     }
 
     /// Packets counted for `reason` in `direction` (0 if none).
-    pub fn metric_count(
-        &self,
-        reason: u8,
-        direction: MetricDirection,
-    ) -> Result<u64, DatapathError> {
+    pub fn metric_count(&self, reason: u8, direction: MetricDirection) -> Result<u64, BpfError> {
         Ok(self
             .metric_totals()?
             .get(&(reason, direction.code()))
@@ -268,7 +299,7 @@ impl DatapathMaps {
     }
 
     /// The events rate limiter summed over CPUs: events suppressed and lost.
-    pub fn events_dropped(&self) -> Result<EventsRateLimit, DatapathError> {
+    pub fn events_dropped(&self) -> Result<EventsRateLimit, BpfError> {
         let values = self
             .events_ratelimit
             .get(&0, 0)
@@ -294,15 +325,17 @@ pub struct BpfObjects {
 impl BpfObjects {
     /// Creates (or adopts) the maps and loads `cil_from_container` and `cil_to_container` into
     /// the kernel.
-    pub fn load(options: &LoadOptions) -> Result<Self, DatapathError> {
+    pub fn load(options: &LoadOptions) -> Result<Self, BpfError> {
         let pin_dir = options.pin_dir();
+        let monitor_aggregation = options.monitor_aggregation.level();
         let mut loader = EbpfLoader::new();
         loader
             .override_global("events_rate_per_sec", &options.events_rate_per_sec, true)
-            .override_global("events_burst", &options.events_burst, true);
+            .override_global("events_burst", &options.events_burst, true)
+            .override_global("monitor_aggregation", &monitor_aggregation, true);
         let pin_paths: Vec<(&'static str, PathBuf)> = match &pin_dir {
             Some(dir) => {
-                fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir {
+                fs::create_dir_all(dir).map_err(|source| BpfError::PinDir {
                     path: dir.clone(),
                     source,
                 })?;
@@ -318,18 +351,31 @@ impl BpfObjects {
             names::LB4_BACKENDS,
             names::LB4_REVERSE_NAT,
         ];
-        for name in lb_maps {
-            loader.map_max_entries(name, options.lb_map_max_entries);
+        let sized = |name: &str| {
+            if lb_maps.contains(&name) {
+                Some(options.lb_map_max_entries)
+            } else if name == names::CT4 {
+                Some(options.ct_tcp_max_entries)
+            } else if name == names::CT_ANY4 {
+                Some(options.ct_any_max_entries)
+            } else {
+                None
+            }
+        };
+        for spec in &GLOBAL_MAPS {
+            if let Some(max_entries) = sized(spec.name) {
+                loader.map_max_entries(spec.name, max_entries);
+            }
         }
         for (spec, (name, path)) in GLOBAL_MAPS.iter().zip(&pin_paths) {
             let mut spec = *spec;
-            if lb_maps.contains(name) {
-                spec.max_entries = options.lb_map_max_entries;
+            if let Some(max_entries) = sized(name) {
+                spec.max_entries = max_entries;
             }
             remove_if_incompatible(path, &spec)?;
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(BPF_LXC).map_err(|source| DatapathError::Load {
+        let mut ebpf = loader.load(BPF_LXC).map_err(|source| BpfError::Load {
             object: OBJECT,
             source,
         })?;
@@ -338,7 +384,7 @@ impl BpfObjects {
             let program = classifier_mut(&mut ebpf, name)?;
             program
                 .load()
-                .map_err(|source| DatapathError::ProgramLoad { name, source })?;
+                .map_err(|source| BpfError::ProgramLoad { name, source })?;
         }
 
         let maps = DatapathMaps {
@@ -354,6 +400,7 @@ impl BpfObjects {
             ct4: take_typed(&mut ebpf, names::CT4)?,
             ct_any4: take_typed(&mut ebpf, names::CT_ANY4)?,
             metrics: take_typed(&mut ebpf, names::METRICS)?,
+            metrics_fwd: take_typed(&mut ebpf, names::METRICS_FWD)?,
             events: take_typed(&mut ebpf, names::EVENTS)?,
             events_ratelimit: take_typed(&mut ebpf, names::EVENTS_RATELIMIT)?,
         };
@@ -366,22 +413,22 @@ impl BpfObjects {
     }
 
     /// `cil_from_container`, for attaching or `test_run`.
-    pub fn from_container(&self) -> Result<&SchedClassifier, DatapathError> {
+    pub fn from_container(&self) -> Result<&SchedClassifier, BpfError> {
         classifier(&self.ebpf, FROM_CONTAINER)
     }
 
     /// `cil_to_container`, for attaching or `test_run`.
-    pub fn to_container(&self) -> Result<&SchedClassifier, DatapathError> {
+    pub fn to_container(&self) -> Result<&SchedClassifier, BpfError> {
         classifier(&self.ebpf, TO_CONTAINER)
     }
 
     /// `cil_from_container`, mutably (attaching needs it).
-    pub fn from_container_mut(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+    pub fn from_container_mut(&mut self) -> Result<&mut SchedClassifier, BpfError> {
         classifier_mut(&mut self.ebpf, FROM_CONTAINER)
     }
 
     /// `cil_to_container`, mutably (attaching needs it).
-    pub fn to_container_mut(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+    pub fn to_container_mut(&mut self) -> Result<&mut SchedClassifier, BpfError> {
         classifier_mut(&mut self.ebpf, TO_CONTAINER)
     }
 
@@ -391,53 +438,48 @@ impl BpfObjects {
     }
 }
 
-fn classifier<'a>(
-    ebpf: &'a Ebpf,
-    name: &'static str,
-) -> Result<&'a SchedClassifier, DatapathError> {
-    let program = ebpf.program(name).ok_or(DatapathError::MissingProgram {
+fn classifier<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a SchedClassifier, BpfError> {
+    let program = ebpf.program(name).ok_or(BpfError::MissingProgram {
         object: OBJECT,
         name,
     })?;
     program
         .try_into()
-        .map_err(|source| DatapathError::ProgramLoad { name, source })
+        .map_err(|source| BpfError::ProgramLoad { name, source })
 }
 
 fn classifier_mut<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
-) -> Result<&'a mut SchedClassifier, DatapathError> {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or(DatapathError::MissingProgram {
-            object: OBJECT,
-            name,
-        })?;
+) -> Result<&'a mut SchedClassifier, BpfError> {
+    let program = ebpf.program_mut(name).ok_or(BpfError::MissingProgram {
+        object: OBJECT,
+        name,
+    })?;
     program
         .try_into()
-        .map_err(|source| DatapathError::ProgramLoad { name, source })
+        .map_err(|source| BpfError::ProgramLoad { name, source })
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
-    ebpf.take_map(name).ok_or(DatapathError::MissingMap {
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, BpfError> {
+    ebpf.take_map(name).ok_or(BpfError::MissingMap {
         object: OBJECT,
         name,
     })
 }
 
-fn take_typed<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+fn take_typed<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
-    T::try_from(take_map(ebpf, name)?).map_err(|source| DatapathError::MapLayout {
+    T::try_from(take_map(ebpf, name)?).map_err(|source| BpfError::MapLayout {
         name: name.to_owned(),
         source,
     })
 }
 
-fn map_error(op: &'static str, name: &str, source: MapError) -> DatapathError {
-    DatapathError::Map {
+fn map_error(op: &'static str, name: &str, source: MapError) -> BpfError {
+    BpfError::Map {
         op,
         name: name.to_owned(),
         source,
@@ -446,7 +488,7 @@ fn map_error(op: &'static str, name: &str, source: MapError) -> DatapathError {
 
 /// Removes a pin whose map does not match `spec`, so the loader creates a fresh map, as
 /// upstream's agent does on `ErrMapIncompatible` (no content migration). A missing pin is fine.
-fn remove_if_incompatible(path: &Path, spec: &MapSpec) -> Result<(), DatapathError> {
+fn remove_if_incompatible(path: &Path, spec: &MapSpec) -> Result<(), BpfError> {
     if !path.exists() {
         return Ok(());
     }
@@ -465,7 +507,7 @@ fn remove_if_incompatible(path: &Path, spec: &MapSpec) -> Result<(), DatapathErr
         return Ok(());
     }
     warn!(path = %path.display(), map = spec.name, "pinned map has an incompatible layout, recreating it");
-    fs::remove_file(path).map_err(|source| DatapathError::StalePin {
+    fs::remove_file(path).map_err(|source| BpfError::StalePin {
         path: path.to_owned(),
         source,
     })

@@ -237,3 +237,25 @@ fn privileged_removed_backend_is_replaced() {
     .dst;
     assert_eq!(next, survivor);
 }
+
+#[test]
+fn privileged_connection_older_than_its_service_keeps_its_destination() {
+    // A plain connection to 10.96.0.10:80 before any service has that address.
+    let mut fx = Fixture::new();
+    let mut map = fx.add_endpoint(CLIENT, 7, 1000);
+    policy(&mut map, PolicyPeer::Any, Egress, L4Match::Any, false);
+    let frontend = SocketAddrV4::new(VIP, 80);
+    let first = fx.run_from_container(&packet::tcp(client(40000), frontend, SYN));
+    assert_eq!(first.verdict, TC_ACT_OK);
+    assert_eq!(packet::parse(&first.packet).dst, frontend);
+
+    add_service(&mut fx, frontend, TCP, 1, &BACKENDS, LbSelection::Random);
+    // Conntrack is consulted before the service map: the existing connection is not moved to a
+    // backend mid-stream (upstream would translate it); a new one is load-balanced.
+    let again = fx.run_from_container(&packet::tcp(client(40000), frontend, ACK));
+    assert_eq!(again.verdict, TC_ACT_OK);
+    assert_eq!(packet::parse(&again.packet).dst, frontend);
+    let fresh = fx.run_from_container(&packet::tcp(client(40001), frontend, SYN));
+    assert_eq!(fresh.verdict, TC_ACT_OK);
+    assert!(BACKENDS.contains(&packet::parse(&fresh.packet).dst));
+}

@@ -73,6 +73,12 @@
 #define TRACE_TO_STACK 3
 #define TRACE_FROM_LXC 5
 
+/* Trace aggregation levels (upstream TRACE_AGGREGATE_*; 2 "low" and 4
+ * "maximum" behave as the level below them). */
+#define TRACE_AGGREGATE_NONE 0
+#define TRACE_AGGREGATE_RX 1
+#define TRACE_AGGREGATE_ACTIVE_CT 3
+
 /* Connection tracking results, also the trace reasons (upstream ct_status). */
 #define CT_NEW 0
 #define CT_ESTABLISHED 1

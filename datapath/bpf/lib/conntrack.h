@@ -22,11 +22,38 @@ struct ct_state {
 	__u32 src_sec_id;
 };
 
-__inline_fn void *ct_map4(__u8 proto)
+/*
+ * Lookups and updates of the table of `proto`. Each call names its map as a
+ * constant: through a map pointer chosen at run time the verifier can
+ * neither inline a lookup nor call the map's own function, and every access
+ * becomes an indirect call through bpf_map_lookup_elem(). The empty asm
+ * keeps clang from merging the two calls into one on a selected pointer.
+ */
+__inline_fn struct ct_entry *ct_map4_lookup(__u8 proto, const struct ipv4_ct_tuple *key)
 {
-	if (proto == IPPROTO_TCP)
-		return &cilium_ct4_global;
-	return &cilium_ct_any4_global;
+	struct ct_entry *entry;
+
+	if (proto == IPPROTO_TCP) {
+		entry = bpf_map_lookup_elem(&cilium_ct4_global, key);
+		asm volatile("" : "+r"(entry));
+	} else {
+		entry = bpf_map_lookup_elem(&cilium_ct_any4_global, key);
+	}
+	return entry;
+}
+
+__inline_fn long ct_map4_update(__u8 proto, const struct ipv4_ct_tuple *key,
+				const struct ct_entry *entry)
+{
+	long ret;
+
+	if (proto == IPPROTO_TCP) {
+		ret = bpf_map_update_elem(&cilium_ct4_global, key, entry, BPF_ANY);
+		asm volatile("" : "+r"(ret));
+	} else {
+		ret = bpf_map_update_elem(&cilium_ct_any4_global, key, entry, BPF_ANY);
+	}
+	return ret;
 }
 
 /* Seconds of CLOCK_MONOTONIC (coarse); the agent's GC reads the same clock. */
@@ -86,6 +113,7 @@ __inline_fn void ct_refresh(struct ct_entry *entry, const struct pkt4 *pkt, __u3
 	__u32 *last_report;
 	__u32 expiry;
 
+	state->monitor = 0;
 	if (pkt->proto == IPPROTO_TCP) {
 		__u8 *seen = reply ? &entry->rx_flags_seen : &entry->tx_flags_seen;
 
@@ -115,37 +143,96 @@ __inline_fn void ct_refresh(struct ct_entry *entry, const struct pkt4 *pkt, __u3
 	state->src_sec_id = entry->src_sec_id;
 }
 
-/* Upstream ct_lookup4(): reply first, because REPLY takes precedence over
- * ESTABLISHED (policy is skipped for it), then the forward direction. */
-__inline_fn int ct_lookup4(const struct pkt4 *pkt, __u8 dir, __u32 now, struct ct_state *state)
+/* A SYN on a closing connection starts a new one: upstream treats it as
+ * CT_NEW so that policy is evaluated again and the entry recreated. */
+__inline_fn bool ct_syn_reopens(const struct ct_entry *entry, const struct pkt4 *pkt)
 {
-	void *map = ct_map4(pkt->proto);
+	return pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & TCP_FLAG_SYN) &&
+	       !(pkt->tcp_flags & TCP_FLAG_ACK) &&
+	       (entry->flags & (CT_F_RX_CLOSING | CT_F_TX_CLOSING));
+}
+
+/* The reply half of a lookup: CT_REPLY if `pkt` answers a connection created
+ * in the other direction, else CT_NEW. */
+__inline_fn int ct_lookup4_reply(const struct pkt4 *pkt, __u8 dir, struct ct_entry **out)
+{
+	struct ipv4_ct_tuple key;
+
+	ct_key_reverse(&key, pkt, dir);
+	*out = ct_map4_lookup(pkt->proto, &key);
+	return *out ? CT_REPLY : CT_NEW;
+}
+
+/* The forward half: CT_ESTABLISHED if `pkt` belongs to a connection created
+ * in direction `dir` (and does not reopen it), else CT_NEW. */
+__inline_fn int ct_lookup4_forward(const struct pkt4 *pkt, __u8 dir, struct ct_entry **out)
+{
 	struct ipv4_ct_tuple key;
 	struct ct_entry *entry;
 
-	state->rev_nat_index = 0;
-	state->monitor = 0;
-	state->src_sec_id = 0;
-
-	ct_key_reverse(&key, pkt, dir);
-	entry = bpf_map_lookup_elem(map, &key);
-	if (entry) {
-		ct_refresh(entry, pkt, now, true, state);
-		return CT_REPLY;
-	}
-
 	ct_key_forward(&key, pkt, dir);
-	entry = bpf_map_lookup_elem(map, &key);
-	if (!entry)
-		return CT_NEW;
-	/* A SYN on a closing connection starts a new one: upstream treats it
-	 * as CT_NEW so that policy is evaluated again and the entry recreated. */
-	if (pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & TCP_FLAG_SYN) &&
-	    !(pkt->tcp_flags & TCP_FLAG_ACK) &&
-	    (entry->flags & (CT_F_RX_CLOSING | CT_F_TX_CLOSING)))
-		return CT_NEW;
-	ct_refresh(entry, pkt, now, false, state);
-	return CT_ESTABLISHED;
+	entry = ct_map4_lookup(pkt->proto, &key);
+	if (entry && ct_syn_reopens(entry, pkt))
+		entry = NULL;
+	*out = entry;
+	return entry ? CT_ESTABLISHED : CT_NEW;
+}
+
+/*
+ * Deviation from upstream, which always looks the reverse tuple up first
+ * (SCOPE_BIDIR: REPLY takes precedence over ESTABLISHED), so that every
+ * packet of a connection in its original direction pays a miss: we look
+ * first in the direction the ports suggest (a packet from the lower port to
+ * the higher one is likely a server's reply), so an established packet
+ * usually costs one lookup. The answer can only differ when entries exist in
+ * both directions of one 5-tuple. Creating one needs CT_NEW, which a packet
+ * cannot get while the opposite entry exists, so only two first packets
+ * racing on two CPUs produce both; either answer passes without policy.
+ */
+__inline_fn bool ct_reply_first(const struct pkt4 *pkt)
+{
+	return bpf_ntohs(pkt->sport) < bpf_ntohs(pkt->dport);
+}
+
+/*
+ * Upstream ct_lookup4() without side effects: the status and the matched
+ * entry (set exactly for CT_ESTABLISHED and CT_REPLY). The caller validates
+ * the packet's endpoint before ct_refresh() writes anything, so a spoofed
+ * packet cannot touch a connection's state.
+ */
+__inline_fn int ct_lookup4(const struct pkt4 *pkt, __u8 dir, struct ct_entry **out)
+{
+	int ret;
+
+	if (ct_reply_first(pkt)) {
+		ret = ct_lookup4_reply(pkt, dir, out);
+		if (ret == CT_NEW)
+			ret = ct_lookup4_forward(pkt, dir, out);
+		return ret;
+	}
+	ret = ct_lookup4_forward(pkt, dir, out);
+	if (ret == CT_NEW)
+		ret = ct_lookup4_reply(pkt, dir, out);
+	return ret;
+}
+
+/* The ifindex an entry records (upstream's u16 ct_entry.ifindex); 0, which
+ * no device has, for devices beyond its range. */
+__inline_fn __u16 ct_ifindex(__u32 ifindex)
+{
+	return ifindex <= 0xffff ? (__u16)ifindex : 0;
+}
+
+/*
+ * True if `entry` was created by the programs of the device `ctx` runs on,
+ * after they validated the endpoint address this packet carries (its source
+ * on egress, destination on ingress). The established fast path trusts that
+ * instead of looking the endpoint up again; upstream gets the same for free
+ * from the endpoint address compiled into each endpoint's program.
+ */
+__inline_fn bool ct_entry_on_device(const struct ct_entry *entry, const struct __sk_buff *ctx)
+{
+	return entry->ifindex != 0 && entry->ifindex == ctx->ifindex;
 }
 
 /* ICMP errors about a tracked TCP/UDP connection are CT_RELATED and pass
@@ -163,12 +250,13 @@ __inline_fn bool ct_icmp_related4(struct __sk_buff *ctx, const struct pkt4 *pkt,
 	/* The embedded packet belongs to a connection created in the other
 	 * direction than the one this error travels in. */
 	ct_key_forward(&key, &inner, dir ^ TUPLE_F_IN);
-	return bpf_map_lookup_elem(ct_map4(inner.proto), &key) != NULL;
+	return ct_map4_lookup(inner.proto, &key) != NULL;
 }
 
-/* Upstream ct_create4(); returns 0 or a drop reason. */
+/* Upstream ct_create4(); returns 0 or a drop reason. `ifindex` is the device
+ * whose programs validated the endpoint (see ct_entry_on_device()). */
 __inline_fn int ct_create4(const struct pkt4 *pkt, __u8 dir, __u32 now, __be16 rev_nat_index,
-			   __u32 src_sec_id)
+			   __u32 src_sec_id, __u32 ifindex)
 {
 	struct ipv4_ct_tuple key;
 	struct ct_entry entry;
@@ -183,8 +271,9 @@ __inline_fn int ct_create4(const struct pkt4 *pkt, __u8 dir, __u32 now, __be16 r
 	entry.lifetime = now + ct_lifetime(pkt, entry.flags);
 	entry.rev_nat_index = rev_nat_index;
 	entry.src_sec_id = src_sec_id;
+	entry.ifindex = ct_ifindex(ifindex);
 	entry.last_tx_report = now;
-	if (bpf_map_update_elem(ct_map4(pkt->proto), &key, &entry, BPF_ANY) < 0)
+	if (ct_map4_update(pkt->proto, &key, &entry) < 0)
 		return DROP_CT_CREATE_FAILED;
 	return 0;
 }

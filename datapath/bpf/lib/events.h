@@ -57,6 +57,18 @@ struct event {
 volatile const __u64 events_rate_per_sec = 1000;
 volatile const __u64 events_burst = 1000;
 
+/*
+ * Upstream's monitor aggregation level (--monitor-aggregation, MONITOR_AGGREGATION):
+ * at TRACE_AGGREGATE_ACTIVE_CT (medium, upstream's default and ours) a
+ * forwarded packet is traced only when conntrack asks for it (a new
+ * connection, new TCP flags, or one report interval since the last trace of
+ * the direction), so established flows do not emit an event per packet.
+ * Below that every forwarded packet is traced (our programs have no FROM_*
+ * observation points, which is all TRACE_AGGREGATE_RX would hide). Patched by
+ * the loader; read-only, so the verifier prunes the branch it cannot take.
+ */
+volatile const __u32 monitor_aggregation = TRACE_AGGREGATE_ACTIVE_CT;
+
 /* Everything an event says about a packet besides its type. */
 struct event_info {
 	__u32 src_label;
@@ -93,6 +105,25 @@ __inline_fn void update_metrics(__u32 bytes, __u8 dir, __u8 reason, __u16 line)
 	}
 }
 
+/* Forwarded packets: the per-CPU array (see cilium_metrics_fwd), no hashing. */
+__inline_fn void update_metrics_forwarded(__u32 bytes, __u8 dir)
+{
+	__u32 idx = dir & 0x3;
+	struct metrics_value *value = bpf_map_lookup_elem(&cilium_metrics_fwd, &idx);
+
+	if (value) {
+		value->count += 1;
+		value->bytes += bytes;
+	}
+}
+
+/* Whether a forwarded packet is traced at the configured aggregation level;
+ * `monitor` is conntrack's request for this packet. */
+__inline_fn bool trace_wanted(bool monitor)
+{
+	return monitor || monitor_aggregation < TRACE_AGGREGATE_ACTIVE_CT;
+}
+
 /* Token bucket: true if one more event may be emitted now. A rate of zero
  * disables the limit, as upstream's events_map_rate_limit = 0. */
 __inline_fn bool events_admit(struct events_ratelimit *rl, __u64 now)
@@ -107,15 +138,13 @@ __inline_fn bool events_admit(struct events_ratelimit *rl, __u64 now)
 	if (elapsed >= NSEC_PER_SEC) {
 		rl->tokens = burst;
 		rl->last_topup_ns = now;
-	} else {
-		__u64 add = elapsed * rate / NSEC_PER_SEC;
-
-		if (add > 0) {
-			rl->tokens += add;
-			if (rl->tokens > burst)
-				rl->tokens = burst;
-			rl->last_topup_ns = now;
-		}
+	} else if (elapsed * rate >= NSEC_PER_SEC) {
+		/* At least one token earned: only then the division (a flood,
+		 * where most events are suppressed, skips it). */
+		rl->tokens += elapsed * rate / NSEC_PER_SEC;
+		if (rl->tokens > burst)
+			rl->tokens = burst;
+		rl->last_topup_ns = now;
 	}
 	if (rl->tokens == 0) {
 		rl->suppressed += 1;
@@ -135,7 +164,9 @@ __inline_fn struct event *event_reserve(void)
 	rl = bpf_map_lookup_elem(&cilium_events_ratelimit, &zero);
 	if (!rl)
 		return NULL;
-	if (!events_admit(rl, bpf_ktime_get_ns()))
+	/* The coarse clock (one tick) is precise enough for a per-second
+	 * budget and, unlike bpf_ktime_get_ns(), reads no clock source. */
+	if (!events_admit(rl, bpf_ktime_get_coarse_ns()))
 		return NULL;
 	ev = bpf_ringbuf_reserve(&cilium_events, sizeof(*ev), 0);
 	if (!ev)

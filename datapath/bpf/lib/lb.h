@@ -71,14 +71,15 @@ __inline_fn void lb4_svc_ct_key(struct ipv4_ct_tuple *key, const struct pkt4 *pk
 }
 
 /*
- * If `pkt` is addressed to a service frontend, picks a backend and DNATs the
- * packet to it; `pkt` then describes the translated packet and *rev_nat the
- * frontend to restore on replies. Returns 0 or a drop reason.
+ * `pkt` is addressed to the frontend `svc` (lb4_lookup_service()): picks a
+ * backend and DNATs the packet to it; `pkt` then describes the translated
+ * packet and *rev_nat the frontend to restore on replies. Returns 0 or a
+ * drop reason.
  */
-__inline_fn int lb4_local(struct __sk_buff *ctx, struct pkt4 *pkt, __u32 src_sec_id, __u32 now,
-			  __be16 *rev_nat)
+__inline_fn int lb4_local(struct __sk_buff *ctx, struct pkt4 *pkt, const struct lb4_service *svc,
+			  __u32 src_sec_id, __u32 now, __be16 *rev_nat)
 {
-	struct lb4_service *svc, *slot;
+	struct lb4_service *slot;
 	struct lb4_backend *backend = NULL;
 	struct ipv4_ct_tuple ct_key;
 	struct ct_entry *svc_ct;
@@ -88,9 +89,6 @@ __inline_fn int lb4_local(struct __sk_buff *ctx, struct pkt4 *pkt, __u32 src_sec
 	int ret;
 
 	*rev_nat = 0;
-	svc = lb4_lookup_service(pkt);
-	if (!svc)
-		return 0;
 	/* A frontend without backends: upstream DROP_NO_SERVICE. */
 	if (svc->count == 0)
 		return DROP_NO_SERVICE;
@@ -98,7 +96,7 @@ __inline_fn int lb4_local(struct __sk_buff *ctx, struct pkt4 *pkt, __u32 src_sec
 	/* Stickiness: an existing service entry keeps its backend for as long
 	 * as that backend exists. */
 	lb4_svc_ct_key(&ct_key, pkt);
-	svc_ct = bpf_map_lookup_elem(ct_map4(pkt->proto), &ct_key);
+	svc_ct = ct_map4_lookup(pkt->proto, &ct_key);
 	if (svc_ct && svc_ct->rev_nat_index == svc->rev_nat_index) {
 		backend_id = (__u32)svc_ct->backend_id;
 		backend = bpf_map_lookup_elem(&cilium_lb4_backends_v3, &backend_id);
@@ -135,7 +133,7 @@ __inline_fn int lb4_local(struct __sk_buff *ctx, struct pkt4 *pkt, __u32 src_sec
 		entry.lifetime = now + (pkt->proto == IPPROTO_TCP ? CT_SERVICE_LIFETIME_TCP
 								  : CT_SERVICE_LIFETIME_NONTCP);
 		entry.last_tx_report = now;
-		if (bpf_map_update_elem(ct_map4(pkt->proto), &ct_key, &entry, BPF_ANY) < 0)
+		if (ct_map4_update(pkt->proto, &ct_key, &entry) < 0)
 			return DROP_CT_CREATE_FAILED;
 	}
 

@@ -52,7 +52,12 @@ struct endpoint_info {
  * programs look their endpoint up here: by source IP on the way out of the
  * pod, by destination IP on the way in, and check the entry's ifindex so a
  * pod cannot borrow another local pod's address (upstream's
- * is_valid_lxc_src_ip check against the compiled-in LXC_IPV4).
+ * is_valid_lxc_src_ip check against the compiled-in LXC_IPV4). Packets of
+ * established connections skip the lookup: their conntrack entry records the
+ * veth whose programs did it (ct_entry_on_device()).
+ *
+ * A map keyed by ifindex would make the lookup cheaper but needs a second
+ * writer-maintained copy of this map; the conntrack shortcut needs none.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -263,7 +268,9 @@ struct ct_entry {
 	__u32 lifetime;      /* expiry, seconds of CLOCK_MONOTONIC */
 	__u16 flags;         /* CT_F_* bits, upstream's bitfield order */
 	__be16 rev_nat_index;/* non-zero: replies get reverse NAT */
-	__be16 nat_port;
+	__u16 ifindex;       /* host-side veth whose programs created the entry, 0 if
+			      * unknown (upstream: u16 NodePort device; see
+			      * ct_entry_on_device()) */
 	__u8 tx_flags_seen;  /* TCP flags seen in the original direction */
 	__u8 rx_flags_seen;  /* TCP flags seen in the reply direction */
 	__u32 src_sec_id;    /* identity of the connection's initiator */
@@ -318,6 +325,24 @@ struct {
 	__uint(max_entries, METRICS_MAP_SIZE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } cilium_metrics SEC(".maps");
+
+/*
+ * Forwarded packets, per CPU, indexed by METRIC_* direction. Our addition:
+ * upstream counts forwarded packets in cilium_metrics under reason 0 like
+ * drops, which costs every forwarded packet a per-CPU hash lookup (hashing
+ * the key, walking the bucket). An array lookup is inlined by the verifier
+ * and costs a few instructions. Drops stay in cilium_metrics with the line
+ * of their drop site; the loader's metric_totals() reports these counters as
+ * reason 0 next to them, the view upstream's cilium_metrics gives.
+ */
+#define METRICS_FWD_SIZE 4
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct metrics_value);
+	__uint(max_entries, METRICS_FWD_SIZE);
+} cilium_metrics_fwd SEC(".maps");
 
 /* ---- Events (upstream bpf/lib/drop.h, trace.h, policy_log.h). ---- */
 

@@ -104,7 +104,10 @@ pub struct CtEntry {
     pub flags: u16,
     /// Network order; non-zero when replies need reverse NAT.
     pub rev_nat_index: u16,
-    pub nat_port: u16,
+    /// Host-side veth whose programs created the entry after validating the endpoint's address,
+    /// 0 if unknown or beyond `u16` (upstream's `ifindex` field, which upstream uses for NodePort
+    /// devices). A packet of the connection on that device skips the endpoint lookup.
+    pub ifindex: u16,
     pub tx_flags_seen: u8,
     pub rx_flags_seen: u8,
     /// Identity of the connection's initiator.

@@ -165,6 +165,63 @@ impl EventRecord {
     }
 }
 
+/// Upstream's monitor aggregation level (`--monitor-aggregation`): which forwarded packets the
+/// programs trace. Patched into the programs at load time (`LoadOptions::monitor_aggregation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum MonitorAggregation {
+    /// `none`: every forwarded packet is traced.
+    None,
+    /// `lowest`: hides receive-side observation points; the endpoint programs only have
+    /// delivery points, so every forwarded packet is still traced.
+    Lowest,
+    /// `low`: as `lowest` (upstream reserves it).
+    Low,
+    /// `medium`, upstream's default: a packet is traced only when conntrack asks for it (a new
+    /// connection, newly seen TCP flags, or one report interval since the direction's last
+    /// trace), so established flows do not produce an event per packet.
+    #[default]
+    Medium,
+    /// `maximum`: as `medium`.
+    Maximum,
+}
+
+impl MonitorAggregation {
+    /// The level the programs compare against (upstream's `MONITOR_AGGREGATION`, 0-4).
+    pub const fn level(self) -> u32 {
+        match self {
+            MonitorAggregation::None => 0,
+            MonitorAggregation::Lowest => 1,
+            MonitorAggregation::Low => 2,
+            MonitorAggregation::Medium => 3,
+            MonitorAggregation::Maximum => 4,
+        }
+    }
+}
+
+/// A `--monitor-aggregation` value that is not a level.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown monitor aggregation level {0:?} (expected none, lowest, low, medium, maximum or 0-4)"
+)]
+pub struct UnknownMonitorAggregation(pub String);
+
+impl std::str::FromStr for MonitorAggregation {
+    type Err = UnknownMonitorAggregation;
+
+    /// Accepts upstream's spellings: `none`/`disabled`/empty, `lowest`, `low`, `medium`,
+    /// `max`/`maximum`, or the level number.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "none" | "disabled" | "0" => Ok(MonitorAggregation::None),
+            "lowest" | "1" => Ok(MonitorAggregation::Lowest),
+            "low" | "2" => Ok(MonitorAggregation::Low),
+            "medium" | "3" => Ok(MonitorAggregation::Medium),
+            "max" | "maximum" | "4" => Ok(MonitorAggregation::Maximum),
+            _ => Err(UnknownMonitorAggregation(value.to_owned())),
+        }
+    }
+}
+
 /// Per-CPU state of the events rate limiter (32 bytes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -182,3 +239,29 @@ unsafe impl aya::Pod for EventsRateLimit {}
 
 const _: () = assert!(size_of::<EventRecord>() == 224);
 const _: () = assert!(size_of::<EventsRateLimit>() == 32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monitor_aggregation_parses_upstream_spellings() {
+        for (text, level) in [
+            ("", 0),
+            ("disabled", 0),
+            ("None", 0),
+            ("lowest", 1),
+            ("low", 2),
+            ("MEDIUM", 3),
+            ("3", 3),
+            ("max", 4),
+            ("maximum", 4),
+        ] {
+            let parsed: MonitorAggregation = text.parse().unwrap();
+            assert_eq!(parsed.level(), level, "{text:?}");
+        }
+        assert_eq!(MonitorAggregation::default(), MonitorAggregation::Medium);
+        assert!("5".parse::<MonitorAggregation>().is_err());
+        assert!("verbose".parse::<MonitorAggregation>().is_err());
+    }
+}

@@ -7,19 +7,8 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-/// Identifier of a backend in `cilium_lb4_backends_v3`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BackendId(u32);
-
-impl BackendId {
-    pub const fn new(id: u32) -> Self {
-        Self(id)
-    }
-
-    pub const fn get(self) -> u32 {
-        self.0
-    }
-}
+/// Identifier of a backend in `cilium_lb4_backends_v3` (the domain type of the trait boundary).
+pub use crate::api::BackendId;
 
 /// Identifier of a frontend in `cilium_lb4_reverse_nat`, carried by conntrack entries so
 /// replies get their source translated back. 0 means "none".

@@ -1,8 +1,14 @@
 //! `cilium_metrics`: per-CPU packet and byte counters by reason and direction (upstream
-//! `struct metrics_key` / `struct metrics_value`).
+//! `struct metrics_key` / `struct metrics_value`), and `cilium_metrics_fwd`, our per-CPU array of
+//! forwarded-packet counters by direction (see `bpf/lib/maps.h` for why forwarded packets are not
+//! counted in `cilium_metrics` as upstream does). Read both through
+//! `DatapathMaps::metric_totals`, which merges them into upstream's view.
 
 /// Reason of forwarded packets; any other value is a drop reason.
 pub const REASON_FORWARDED: u8 = 0;
+
+/// Entries of `cilium_metrics_fwd`: one per direction code (0 is unused).
+pub const METRICS_FWD_SIZE: u32 = 4;
 
 /// Direction of a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

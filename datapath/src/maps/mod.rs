@@ -15,25 +15,8 @@ pub const FAMILY_IPV4: u8 = 1;
 /// Family value of IPv6 keys (upstream `ENDPOINT_KEY_IPV6`).
 pub const FAMILY_IPV6: u8 = 2;
 
-/// Identifier of a local endpoint: indexes its policy map and names it in events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EndpointId(u16);
-
-impl EndpointId {
-    pub const fn new(id: u16) -> Self {
-        Self(id)
-    }
-
-    pub const fn get(self) -> u16 {
-        self.0
-    }
-}
-
-impl std::fmt::Display for EndpointId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
+/// Endpoint ids are the domain type of the trait boundary; the layouts use the same one.
+pub use crate::api::EndpointId;
 
 /// Map names, as upstream names them where a counterpart exists.
 pub mod names {
@@ -47,6 +30,8 @@ pub mod names {
     pub const CT4: &str = "cilium_ct4_global";
     pub const CT_ANY4: &str = "cilium_ct_any4_global";
     pub const METRICS: &str = "cilium_metrics";
+    /// Forwarded-packet counters by direction (our addition, see `bpf/lib/maps.h`).
+    pub const METRICS_FWD: &str = "cilium_metrics_fwd";
     pub const EVENTS: &str = "cilium_events";
     pub const EVENTS_RATELIMIT: &str = "cilium_events_ratelimit";
 
@@ -87,7 +72,7 @@ pub struct MapSpec {
 }
 
 /// Every map of `bpf_lxc.o`, as the object defines it.
-pub const GLOBAL_MAPS: [MapSpec; 11] = {
+pub const GLOBAL_MAPS: [MapSpec; 12] = {
     use std::mem::size_of;
     const fn spec(
         name: &'static str,
@@ -171,6 +156,14 @@ pub const GLOBAL_MAPS: [MapSpec; 11] = {
             size_of::<metrics::MetricsValue>(),
             65536,
             BPF_F_NO_PREALLOC,
+        ),
+        spec(
+            names::METRICS_FWD,
+            map_type::PERCPU_ARRAY,
+            4,
+            size_of::<metrics::MetricsValue>(),
+            metrics::METRICS_FWD_SIZE,
+            0,
         ),
         spec(
             names::EVENTS,
