@@ -24,24 +24,38 @@
 //!   behavioural suite every implementation passes.
 //! - `sys`: the one bpf syscall aya does not expose.
 //!
+//! The kernel side (`maps`, `loader`, `kernel`, `attach`, `monitor`, the C programs) is the
+//! default feature `kernel`; without it the crate is the pure control-plane boundary (`api`,
+//! `reconciler`, and with `test-util` the fake), which is all `actors` and `sim` link.
+//!
 //! Architecture invariant: domain types stop at this crate's boundary; the programs know only
 //! the map layouts, which mirror upstream Cilium's.
 
 pub mod api;
+#[cfg(feature = "kernel")]
 pub mod attach;
+#[cfg(feature = "kernel")]
 pub mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+#[cfg(feature = "kernel")]
 pub mod kernel;
+#[cfg(feature = "kernel")]
 pub mod loader;
+#[cfg(feature = "kernel")]
 pub mod maps;
+#[cfg(feature = "kernel")]
 pub mod monitor;
 pub mod reconciler;
+#[cfg(feature = "kernel")]
 mod sys;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
 pub use api::{Datapath, DatapathError, EndpointId};
+#[cfg(feature = "kernel")]
 pub use error::BpfError;
+#[cfg(feature = "kernel")]
 pub use kernel::KernelDatapath;
+#[cfg(feature = "kernel")]
 pub use loader::{BpfObjects, DatapathMaps, LoadOptions, PolicyMap, PolicyMaps};

@@ -7,7 +7,7 @@
 //! - [`clock`]: the injected clock that drives lease expiry in the memory backend.
 //! - [`memory`]: the embedded in-memory backend (revisions, history, leases, locks).
 //! - [`config`]: the etcd configuration file (`--kvstore-opt etcd.config=FILE`).
-//! - [`etcd`]: the etcd backend, with reconnect and watch resume.
+//! - `etcd` (feature `etcd`, on by default): the etcd backend, with reconnect and watch resume.
 //! - [`keys`]: Cilium's key layout under `cilium/` and the typed values stored there.
 //! - [`allocator`]: the cluster-wide identity allocator and its garbage collector.
 //! - `testing` (feature `test-util`): the conformance suite and a private etcd for tests.
@@ -17,6 +17,7 @@ pub mod backend;
 pub mod clock;
 pub mod config;
 pub mod error;
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod keys;
 pub mod memory;

@@ -2,4 +2,5 @@
 //! the backend conformance suite and a private etcd server started per test.
 
 pub mod conformance;
+#[cfg(feature = "etcd")]
 pub mod etcd;
