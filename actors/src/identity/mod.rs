@@ -1,0 +1,39 @@
+//! The identity allocator actor: label sets to numeric security identities, and the node's
+//! view of every identity in the cluster.
+//!
+//! **Owns** the node's references to identities and the set of identities it has announced:
+//! the reserved ones, the cluster's (from the kvstore allocator and its master keys, or
+//! allocated in process from the cluster's range when there is no kvstore, DESIGN 4.6), and
+//! local-scope CIDR identities (bit 24 set, never in the kvstore, from
+//! [`kvstore::allocator::LocalIdentityAllocator`]).
+//!
+//! **Takes** ([`messages`]): [`AllocateIdentity`], [`ReleaseIdentity`],
+//! [`AllocateCidrIdentities`], [`ReleaseCidrIdentities`], [`LookupIdentity`],
+//! [`ListIdentities`], [`Dump`]. **Sends** [`IdentitiesChanged`] to the subscribers given at
+//! construction: the reserved identities once at start, then every identity that appears
+//! (allocated here, or by another node: the actor watches the master keys
+//! `cilium/state/identities/v1/id/<n>` itself, so no change to the kvstore allocator was
+//! needed), changes labels, or goes away (its master key garbage-collected, the last reference
+//! to an in-process or CIDR identity released).
+//!
+//! Invariants:
+//! - Kvstore calls never block the actor: they run as futures on its context. Operations on
+//!   one label set run one at a time in arrival order, so an allocation never races with a
+//!   release of the same labels; different label sets proceed concurrently.
+//! - Subscribers hear of a new identity before its allocation is answered.
+//! - An identity this node references is never announced as removed.
+//! - Identities outside the cluster's range found in the kvstore are ignored.
+//!
+//! Layout: [`state`] is the bookkeeping (pure), [`actor`] the actix glue.
+
+pub mod actor;
+pub mod messages;
+pub mod state;
+
+pub use actor::{IdentityActor, IdentityBackend, IdentityConfig};
+pub use messages::{
+    AllocateCidrIdentities, AllocateIdentity, AllocatedIdentity, Dump, IdentitiesChanged,
+    IdentityDump, IdentityError, IdentityInfo, IdentityMode, IdentityReference, ListIdentities,
+    LookupIdentity, ReleaseCidrIdentities, ReleaseIdentity,
+};
+pub use state::{IdentityState, InProcessAllocator, KeyedQueue};
