@@ -15,8 +15,18 @@
 //!   yardstick so both see the same machine state. Cold caches and the timer's granularity
 //!   dominate here; it is the pessimistic view.
 //!
+//! The "floor" rows measure, the same ways, what any new flow costs in a conntrack table of the
+//! default size before any policy: `bench_ct_lookup` (a lookup that misses) and `bench_ct_create`
+//! (the miss plus the insert) on `bench_ct`, a map of `cilium_ct4_global`'s type, key and value
+//! sizes and default max_entries. A new flow's ratio cannot go below the insert's; the difference
+//! between the two rows is what the programs add (parsing, endpoint, service, ipcache and policy
+//! lookups, events).
+//!
 //! Events are rate-limited (1000/s per CPU) so the ring buffer does not fill during the runs, and
 //! the monitor aggregation is the default (medium): established packets are not traced.
+//!
+//! Arguments that do not start with `-` select sections by substring (`established`, `new-flow`,
+//! `deny`, `service`); the yardsticks always run. Without any, everything runs.
 
 #[path = "../tests/support/packet.rs"]
 mod packet;
@@ -27,7 +37,8 @@ use anyhow::{Context, Result, bail};
 use aya::maps::{Array, HashMap, MapData, ProgramArray};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
-use datapath::loader::BENCH_OBJECT;
+use datapath::loader::{BENCH_OBJECT, DEFAULT_CT_TCP_MAX_ENTRIES};
+use datapath::maps::ct::{CtEntry, CtTuple4};
 use datapath::maps::endpoint::{EndpointInfo, EndpointKey};
 use datapath::maps::ipcache::{IpcacheKey, RemoteEndpointInfo};
 use datapath::maps::lb::{
@@ -127,11 +138,13 @@ fn single_pair_ns(
     Ok((median(case), median(yard)))
 }
 
-/// The benchmark's own programs (yardsticks and replayer) and the replayer's maps.
+/// The benchmark's own programs (yardsticks, conntrack floor and replayer) and their maps.
 struct Bench {
     ebpf: Ebpf,
     templates: Array<MapData, BenchTemplate>,
     targets: ProgramArray<MapData>,
+    /// `bench_ct`: a conntrack table of the default size, for the floor of a new flow.
+    ct: HashMap<MapData, CtTuple4, CtEntry>,
 }
 
 fn program<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a SchedClassifier> {
@@ -141,9 +154,16 @@ fn program<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a SchedClassifier> {
 impl Bench {
     fn load() -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries("bench_ct", DEFAULT_CT_TCP_MAX_ENTRIES)
             .load(BENCH_OBJECT)
             .context("load bench.o (root needed)")?;
-        for name in ["bench_empty", "bench_hash_lookup", "bench_replay"] {
+        for name in [
+            "bench_empty",
+            "bench_hash_lookup",
+            "bench_replay",
+            "bench_ct_lookup",
+            "bench_ct_create",
+        ] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .context("bench program")?
@@ -155,10 +175,12 @@ impl Bench {
         hash.insert(1, 1, 0)?;
         let templates = Array::try_from(ebpf.take_map("bench_template").context("template")?)?;
         let targets = ProgramArray::try_from(ebpf.take_map("bench_target").context("target")?)?;
+        let ct = HashMap::try_from(ebpf.take_map("bench_ct").context("bench_ct")?)?;
         Ok(Self {
             ebpf,
             templates,
             targets,
+            ct,
         })
     }
 
@@ -204,6 +226,43 @@ impl Bench {
             samples.push(ns);
         }
         Ok(median(samples))
+    }
+
+    /// New flows replayed into one of the benchmark's conntrack programs, emptying `bench_ct`
+    /// before each call as the datapath rows empty the conntrack table.
+    fn replay_ct_ns(&mut self, name: &str, frame: &[u8]) -> Result<f64> {
+        let mut hdr = [0u8; TEMPLATE_LEN];
+        hdr.copy_from_slice(frame.get(..TEMPLATE_LEN).context("frame too short")?);
+        self.templates.set(
+            0,
+            BenchTemplate {
+                hdr,
+                first_port: FIRST_PORT,
+                flows: REPLAY_FLOWS,
+                next: 0,
+            },
+            0,
+        )?;
+        self.targets.set(0, program(&self.ebpf, name)?.fd()?, 0)?;
+        let mut samples = Vec::with_capacity(REPEAT_CALLS);
+        for _ in 0..REPEAT_CALLS {
+            self.clear_ct()?;
+            let (ret, ns) = run_once(self.program("bench_replay")?, frame, REPLAY_NEW_REPEAT)?;
+            if ret != 0 {
+                bail!("replay into {name} returned {ret}");
+            }
+            samples.push(ns);
+        }
+        Ok(median(samples))
+    }
+
+    /// Empties `bench_ct`.
+    fn clear_ct(&mut self) -> Result<()> {
+        let keys: Vec<_> = self.ct.keys().collect::<Result<_, _>>()?;
+        for key in keys {
+            self.ct.remove(&key)?;
+        }
+        Ok(())
     }
 
     /// Replays into one of the benchmark's own programs.
@@ -342,6 +401,12 @@ impl Replay {
 }
 
 fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; everything else not starting with `-` is a section filter.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    let wanted = |section: &str| filters.is_empty() || filters.iter().any(|f| section.contains(f));
     let mut rows = Vec::new();
     let mut bench = Bench::load()?;
 
@@ -397,7 +462,7 @@ fn main() -> Result<()> {
             SYN,
         )
     };
-    {
+    if wanted("established") {
         let from = objs.from_container()?;
         let to = objs.to_container()?;
         if run_once(from, &established, 1)?.0 != 0 || run_once(to, &reply, 1)?.0 != 0 {
@@ -430,47 +495,82 @@ fn main() -> Result<()> {
         });
     }
 
-    bench.set_replay(objs.from_container()?, &new_flow(0), REPLAY_FLOWS)?;
-    let new_replay = bench.replay_ns(&new_flow(0), REPLAY_NEW_REPEAT, || {
-        clear_conntrack(&mut objs)
-    })?;
-    rows.push(Row {
-        name: "allow, new flow: ipcache + policy + CT create (replay)".into(),
-        ns: replay.net(new_replay),
-        yardstick: yard_repeat,
-        target: Target::Ratio(5.0),
-    });
-    clear_conntrack(&mut objs)?;
-    {
-        // The same with a table that fits the caches: most of a new flow's cost in the default
-        // table is cache and TLB misses on its 8 MiB of buckets and 60 MiB of entries.
-        let mut small = datapath_with(0, SMALL_CT_ENTRIES)?;
-        bench.set_replay(small.from_container()?, &new_flow(0), REPLAY_FLOWS)?;
-        let small_ns = bench.replay_ns(&new_flow(0), SMALL_CT_ENTRIES / 2, || {
-            clear_conntrack(&mut small)
+    if wanted("new-flow") {
+        bench.set_replay(objs.from_container()?, &new_flow(0), REPLAY_FLOWS)?;
+        let new_replay = bench.replay_ns(&new_flow(0), REPLAY_NEW_REPEAT, || {
+            clear_conntrack(&mut objs)
         })?;
         rows.push(Row {
-            name: format!("allow, new flow (replay), {SMALL_CT_ENTRIES}-entry CT table"),
-            ns: replay.net(small_ns),
+            name: "allow, new flow: ipcache + policy + CT create (replay)".into(),
+            ns: replay.net(new_replay),
+            yardstick: yard_repeat,
+            target: Target::Ratio(5.0),
+        });
+        clear_conntrack(&mut objs)?;
+        // The floor under that row: a lookup that misses and an insert in a table of the same
+        // type and size, with no parsing, policy or events around them.
+        let floor_lookup = replay.net(bench.replay_ct_ns("bench_ct_lookup", &new_flow(0))?);
+        let floor_create = replay.net(bench.replay_ct_ns("bench_ct_create", &new_flow(0))?);
+        rows.push(Row {
+            name: "floor: CT lookup miss only, default-size table (replay)".into(),
+            ns: floor_lookup,
             yardstick: yard_repeat,
             target: Target::None,
         });
-    }
-    {
-        let from = objs.from_container()?;
-        let (ns, yard) = single_pair_ns(
-            from,
-            bench.program("bench_hash_lookup")?,
-            &yard_frame,
-            0,
-            new_flow,
-        )?;
         rows.push(Row {
-            name: "allow, new flow: ipcache + policy + CT create (single)".into(),
-            ns,
-            yardstick: yard,
-            target: Target::Ratio(5.0),
+            name: "floor: CT lookup miss + insert, default-size table (replay)".into(),
+            ns: floor_create,
+            yardstick: yard_repeat,
+            target: Target::None,
         });
+        {
+            // The same with a table that fits the caches: most of a new flow's cost in the default
+            // table is cache and TLB misses on its 8 MiB of buckets and 60 MiB of entries.
+            let mut small = datapath_with(0, SMALL_CT_ENTRIES)?;
+            bench.set_replay(small.from_container()?, &new_flow(0), REPLAY_FLOWS)?;
+            let small_ns = bench.replay_ns(&new_flow(0), SMALL_CT_ENTRIES / 2, || {
+                clear_conntrack(&mut small)
+            })?;
+            rows.push(Row {
+                name: format!("allow, new flow (replay), {SMALL_CT_ENTRIES}-entry CT table"),
+                ns: replay.net(small_ns),
+                yardstick: yard_repeat,
+                target: Target::None,
+            });
+        }
+        {
+            let from = objs.from_container()?;
+            let (ns, yard) = single_pair_ns(
+                from,
+                bench.program("bench_hash_lookup")?,
+                &yard_frame,
+                0,
+                new_flow,
+            )?;
+            rows.push(Row {
+                name: "allow, new flow: ipcache + policy + CT create (single)".into(),
+                ns,
+                yardstick: yard,
+                target: Target::Ratio(5.0),
+            });
+            bench.clear_ct()?;
+            let (ns, yard) = single_pair_ns(
+                bench.program("bench_ct_create")?,
+                bench.program("bench_hash_lookup")?,
+                &yard_frame,
+                0,
+                new_flow,
+            )?;
+            rows.push(Row {
+                name: "floor: CT lookup miss + insert, default-size table (single)".into(),
+                ns,
+                yardstick: yard,
+                target: Target::None,
+            });
+        }
+    }
+    if wanted("deny") {
+        let from = objs.from_container()?;
         let denied = tcp_frame(
             SocketAddrV4::new(POD, 40000),
             SocketAddrV4::new(DENIED, 80),
@@ -489,7 +589,12 @@ fn main() -> Result<()> {
     drop(objs);
 
     let mut service_rows = Vec::new();
-    for services in [10u32, 1000, 65536] {
+    let service_counts: &[u32] = if wanted("service") {
+        &[10, 1000, 65536]
+    } else {
+        &[]
+    };
+    for &services in service_counts {
         let mut objs = datapath(services)?;
         let frontend = service_frontend(services / 2);
         let new_frame = tcp_frame(SocketAddrV4::new(POD, FIRST_PORT), frontend, SYN);

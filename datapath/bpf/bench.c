@@ -2,7 +2,8 @@
 /*
  * Yardsticks for the BPF_PROG_TEST_RUN benchmark (benches/bpf_prog_run.rs):
  * the cost of running any tc program at all, and of one hash map lookup, so
- * the datapath programs can be reported as ratios (DESIGN.md 6).
+ * the datapath programs can be reported as ratios (DESIGN.md 6), and the
+ * conntrack floor of a new flow (bench_ct_*).
  *
  * bench_replay lets the repeat mode measure what changes state: a repeated
  * run reuses one skb, so a program that rewrites the packet (service DNAT)
@@ -12,7 +13,9 @@
  * tail-calls the measured program. The benchmark measures its overhead by
  * replaying into bench_empty and subtracts it.
  */
+#include <stdbool.h>
 #include <linux/bpf.h>
+#include <linux/in.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -41,6 +44,85 @@ int bench_hash_lookup(struct __sk_buff *ctx)
 	__u64 *value = bpf_map_lookup_elem(&bench_hash, &key);
 
 	return value ? TC_ACT_OK : TC_ACT_SHOT;
+}
+
+/*
+ * The floor of a new connection: what any datapath pays to create a
+ * conntrack entry in a table of upstream's default size, with nothing else
+ * around it. bench_ct has cilium_ct4_global's type, flags, key and value
+ * sizes; the benchmark sets max_entries to the same default (524288). A new
+ * flow must at least miss in it (bench_ct_lookup) and insert into it
+ * (bench_ct_create), touching memory no earlier packet brought into the
+ * caches: a random bucket of 8 MiB, one element among 60 MiB of them and the
+ * LRU lists threaded through those elements.
+ */
+struct bench_ct_key {
+	__be32 daddr;
+	__be32 saddr;
+	__be16 dport;
+	__be16 sport;
+	__u8 nexthdr;
+	__u8 flags;
+} __attribute__((packed));
+
+struct bench_ct_value {
+	__u64 word[7]; /* sizeof(struct ct_entry) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct bench_ct_key);
+	__type(value, struct bench_ct_value);
+	__uint(max_entries, 1024);
+} bench_ct SEC(".maps");
+
+/* Frame offsets of an untagged IPv4 packet without options. */
+#define BENCH_IP_SADDR_OFF (14 + 12)
+#define BENCH_L4_OFF (14 + 20)
+
+/* The packet's tuple as a conntrack key; false if the frame is too short. */
+static __always_inline bool bench_ct_key_of(struct __sk_buff *ctx, struct bench_ct_key *key)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__be32 *addrs = data + BENCH_IP_SADDR_OFF;
+	__be16 *ports = data + BENCH_L4_OFF;
+
+	if ((void *)(ports + 2) > data_end)
+		return false;
+	key->daddr = addrs[0];
+	key->saddr = addrs[1];
+	key->sport = ports[0];
+	key->dport = ports[1];
+	key->nexthdr = IPPROTO_TCP;
+	key->flags = 0;
+	return true;
+}
+
+SEC("classifier/bench_ct_lookup")
+int bench_ct_lookup(struct __sk_buff *ctx)
+{
+	struct bench_ct_key key;
+
+	if (!bench_ct_key_of(ctx, &key))
+		return TC_ACT_SHOT;
+	/* A new flow misses; OK either way, the replayer wants 0. */
+	bpf_map_lookup_elem(&bench_ct, &key);
+	return TC_ACT_OK;
+}
+
+SEC("classifier/bench_ct_create")
+int bench_ct_create(struct __sk_buff *ctx)
+{
+	struct bench_ct_value value = {};
+	struct bench_ct_key key;
+
+	if (!bench_ct_key_of(ctx, &key))
+		return TC_ACT_SHOT;
+	if (bpf_map_lookup_elem(&bench_ct, &key))
+		return TC_ACT_OK;
+	value.word[0] = ctx->len;
+	return bpf_map_update_elem(&bench_ct, &key, &value, BPF_ANY) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 /* Ethernet + IPv4 without options + TCP without options. */

@@ -167,7 +167,7 @@ __inline_fn void event_info_dst_endpoint(struct event_info *info, __be32 addr)
  */
 __inline_fn int handle_ipv4_from_lxc(struct __sk_buff *ctx, struct event_info *info)
 {
-	bool untracked_frag, related = false, ep_known = false, reply_first;
+	bool untracked_frag, related = false, ep_known = false, may_be_reply, reply_first;
 	struct lb4_service *svc = NULL;
 	struct ct_entry *entry = NULL;
 	struct policy_result res;
@@ -188,7 +188,8 @@ __inline_fn int handle_ipv4_from_lxc(struct __sk_buff *ctx, struct event_info *i
 
 	/* Conntrack as in ct_lookup4(), except that a packet to a service
 	 * frontend skips the reply half: translated, it is looked up again. */
-	reply_first = ct_reply_first(&pkt);
+	may_be_reply = ct_may_be_reply(&pkt);
+	reply_first = may_be_reply && ct_reply_first(&pkt);
 	ct_ret = CT_NEW;
 	if (reply_first)
 		ct_ret = ct_lookup4_reply(&pkt, TUPLE_F_OUT, &entry);
@@ -197,7 +198,7 @@ __inline_fn int handle_ipv4_from_lxc(struct __sk_buff *ctx, struct event_info *i
 	if (ct_ret == CT_NEW && pkt.has_l4 &&
 	    (pkt.proto == IPPROTO_TCP || pkt.proto == IPPROTO_UDP))
 		svc = lb4_lookup_service(&pkt);
-	if (ct_ret == CT_NEW && !svc && !reply_first)
+	if (ct_ret == CT_NEW && !svc && may_be_reply && !reply_first)
 		ct_ret = ct_lookup4_reply(&pkt, TUPLE_F_OUT, &entry);
 
 	/* `entry` is set exactly when ct_ret is CT_ESTABLISHED or CT_REPLY. */

@@ -401,3 +401,198 @@ fn privileged_monitor_aggregation_none_traces_every_packet() {
         assert_eq!(reasons, expected, "{aggregation:?}");
     }
 }
+
+/// The (type, subtype) of every event, draining the ring buffer.
+fn event_kinds(fx: &mut Fixture) -> Vec<(u8, u8)> {
+    fx.events().iter().map(|e| (e.r#type, e.subtype)).collect()
+}
+
+fn policy_map(fx: &Fixture) -> PolicyMap {
+    fx.objs
+        .maps
+        .policy
+        .get(EndpointId::new(EP_A))
+        .unwrap()
+        .expect("endpoint A has a policy map")
+}
+
+/// A SYN without ACK opens a connection and is never looked up as a reply (see
+/// `ct_may_be_reply()` in bpf/lib/conntrack.h): the peer's SYN on the reversed tuple of A's
+/// connection (simultaneous open) is a new connection subject to ingress policy, while SYN-ACK
+/// is still the reply. Both port orders, since the lookup order depends on them.
+#[test]
+fn privileged_a_syn_on_the_reversed_tuple_is_not_a_reply() {
+    let (mut fx, _map) = fixture();
+    for (client, server) in [(a(40000), b(80)), (a(1000), b(50000))] {
+        assert_eq!(
+            fx.run_from_container(&packet::tcp(client, server, SYN))
+                .verdict,
+            TC_ACT_OK
+        );
+        fx.events();
+        // No ingress policy: the peer's own SYN is denied like any new connection.
+        assert_eq!(
+            fx.run_to_container(&packet::tcp(server, client, SYN))
+                .verdict,
+            TC_ACT_SHOT,
+            "SYN {server} -> {client}"
+        );
+        assert_eq!(
+            event_kinds(&mut fx),
+            vec![(NOTIFY_POLICY_VERDICT, 0), (NOTIFY_DROP, 133)]
+        );
+        assert!(
+            fx.objs
+                .maps
+                .ct4
+                .get(&CtTuple4::connection(server, client, TCP, TUPLE_F_IN), 0)
+                .is_err(),
+            "the denied SYN created no entry"
+        );
+        // The answer to A's SYN is SYN-ACK, a reply as before.
+        assert_eq!(
+            fx.run_to_container(&packet::tcp(server, client, SYN | ACK))
+                .verdict,
+            TC_ACT_OK
+        );
+        let reasons: Vec<u8> = traces(&mut fx).iter().map(|e| e.reason).collect();
+        assert_eq!(reasons, vec![CT_REPLY], "SYN-ACK {server} -> {client}");
+    }
+
+    // Allowed by ingress policy, the peer's SYN is a new connection with an entry of its own,
+    // next to A's (which it does not touch).
+    let mut map = policy_map(&fx);
+    policy(
+        &mut map,
+        identity(ID_B),
+        Ingress,
+        L4Match::port(TCP, 40000),
+        false,
+    );
+    let out_key = CtTuple4::connection(a(40000), b(80), TCP, TUPLE_F_OUT);
+    let before = fx.objs.maps.ct4.get(&out_key, 0).unwrap();
+    assert_eq!(
+        fx.run_to_container(&packet::tcp(b(80), a(40000), SYN))
+            .verdict,
+        TC_ACT_OK
+    );
+    let events = fx.events();
+    let verdicts: Vec<i32> = events
+        .iter()
+        .filter(|e| e.r#type == NOTIFY_POLICY_VERDICT)
+        .map(|e| e.verdict)
+        .collect();
+    assert_eq!(verdicts, vec![0], "evaluated and allowed");
+    let reasons: Vec<u8> = events
+        .iter()
+        .filter(|e| e.r#type == NOTIFY_TRACE)
+        .map(|e| e.reason)
+        .collect();
+    assert_eq!(reasons, vec![CT_NEW]);
+    assert!(
+        fx.objs
+            .maps
+            .ct4
+            .get(&CtTuple4::connection(b(80), a(40000), TCP, TUPLE_F_IN), 0)
+            .is_ok()
+    );
+    let after = fx.objs.maps.ct4.get(&out_key, 0).unwrap();
+    assert_eq!(
+        (after.flags, after.rx_flags_seen),
+        (before.flags, before.rx_flags_seen)
+    );
+}
+
+/// The same on the way out: A's SYN on the reversed tuple of a connection B opened to A is
+/// subject to egress policy; A's SYN-ACK is the reply.
+#[test]
+fn privileged_a_pod_syn_on_the_reversed_tuple_is_not_a_reply() {
+    let (mut fx, _map) = fixture();
+    let mut map = policy_map(&fx);
+    policy(
+        &mut map,
+        identity(ID_B),
+        Ingress,
+        L4Match::port(TCP, 8080),
+        false,
+    );
+    assert_eq!(
+        fx.run_to_container(&packet::tcp(b(45000), a(8080), SYN))
+            .verdict,
+        TC_ACT_OK
+    );
+    fx.events();
+    // A may reach B only on TCP/80 and TCP/50000.
+    assert_eq!(
+        fx.run_from_container(&packet::tcp(a(8080), b(45000), SYN))
+            .verdict,
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        event_kinds(&mut fx),
+        vec![(NOTIFY_POLICY_VERDICT, 0), (NOTIFY_DROP, 133)]
+    );
+    assert_eq!(
+        fx.run_from_container(&packet::tcp(a(8080), b(45000), SYN | ACK))
+            .verdict,
+        TC_ACT_OK
+    );
+    let reasons: Vec<u8> = traces(&mut fx).iter().map(|e| e.reason).collect();
+    assert_eq!(reasons, vec![CT_REPLY]);
+}
+
+/// A retransmitted SYN finds its connection's entry (the forward lookup is not skipped): it
+/// passes without a policy decision, even after the rule that allowed it is gone, as upstream.
+#[test]
+fn privileged_a_retransmitted_syn_is_established() {
+    let (mut fx, mut map) = fixture();
+    policy(
+        &mut map,
+        identity(ID_B),
+        Ingress,
+        L4Match::port(TCP, 8080),
+        false,
+    );
+    assert_eq!(
+        fx.run_from_container(&packet::tcp(a(40000), b(80), SYN))
+            .verdict,
+        TC_ACT_OK
+    );
+    assert_eq!(
+        fx.run_to_container(&packet::tcp(b(45000), a(8080), SYN))
+            .verdict,
+        TC_ACT_OK
+    );
+    fx.events();
+    for (dir, port) in [(Egress, 80), (Ingress, 8080)] {
+        map.remove(&datapath::maps::policy::PolicyKey::new(
+            identity(ID_B),
+            dir,
+            L4Match::port(TCP, port),
+        ))
+        .unwrap();
+    }
+    assert_eq!(
+        fx.run_from_container(&packet::tcp(a(40000), b(80), SYN))
+            .verdict,
+        TC_ACT_OK
+    );
+    assert_eq!(
+        fx.run_to_container(&packet::tcp(b(45000), a(8080), SYN))
+            .verdict,
+        TC_ACT_OK
+    );
+    let kinds = event_kinds(&mut fx);
+    assert!(
+        kinds
+            .iter()
+            .all(|(t, _)| *t != NOTIFY_POLICY_VERDICT && *t != NOTIFY_DROP),
+        "no policy decision for a retransmission: {kinds:?}"
+    );
+    // A SYN of a new connection on the same rules is now denied: the rules really are gone.
+    assert_eq!(
+        fx.run_from_container(&packet::tcp(a(40001), b(80), SYN))
+            .verdict,
+        TC_ACT_SHOT
+    );
+}

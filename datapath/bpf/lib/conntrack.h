@@ -179,6 +179,29 @@ __inline_fn int ct_lookup4_forward(const struct pkt4 *pkt, __u8 dir, struct ct_e
 }
 
 /*
+ * Deviation from upstream, which looks the reply tuple up for every packet: a
+ * TCP segment with SYN set and ACK clear opens a connection and is never a
+ * reply, so when its forward lookup misses it is CT_NEW without the reverse
+ * lookup. For a new connection in a table of upstream's default size that
+ * lookup is a cache miss on a bucket no other packet touches (about a sixth
+ * of a new flow's cost here), for nothing: the answer to a SYN is SYN-ACK.
+ * A retransmitted SYN still finds its own entry (forward lookup), and
+ * SYN-ACK, ACK, FIN and RST replies are looked up as before. What changes is
+ * a SYN whose reversed tuple is tracked: TCP simultaneous open (both ends
+ * send SYN) and a peer reusing the reversed tuple of a connection still in
+ * the table. Upstream passes such a SYN as a reply without policy; here it is
+ * a new connection in its own direction, subject to that direction's policy
+ * and, if allowed, tracked under its own entry (so the tuple then has
+ * entries both ways, which ct_reply_first() below allows for). Stricter,
+ * never looser: a SYN that policy allows passes either way.
+ */
+__inline_fn bool ct_may_be_reply(const struct pkt4 *pkt)
+{
+	return pkt->proto != IPPROTO_TCP ||
+	       (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN;
+}
+
+/*
  * Deviation from upstream, which always looks the reverse tuple up first
  * (SCOPE_BIDIR: REPLY takes precedence over ESTABLISHED), so that every
  * packet of a connection in its original direction pays a miss: we look
@@ -186,8 +209,9 @@ __inline_fn int ct_lookup4_forward(const struct pkt4 *pkt, __u8 dir, struct ct_e
  * the higher one is likely a server's reply), so an established packet
  * usually costs one lookup. The answer can only differ when entries exist in
  * both directions of one 5-tuple. Creating one needs CT_NEW, which a packet
- * cannot get while the opposite entry exists, so only two first packets
- * racing on two CPUs produce both; either answer passes without policy.
+ * gets while the opposite entry exists only as a SYN (ct_may_be_reply()),
+ * after policy allowed it in its own direction, or when two first packets
+ * race on two CPUs; either answer then passes without policy.
  */
 __inline_fn bool ct_reply_first(const struct pkt4 *pkt)
 {
@@ -202,16 +226,17 @@ __inline_fn bool ct_reply_first(const struct pkt4 *pkt)
  */
 __inline_fn int ct_lookup4(const struct pkt4 *pkt, __u8 dir, struct ct_entry **out)
 {
+	bool may_be_reply = ct_may_be_reply(pkt);
 	int ret;
 
-	if (ct_reply_first(pkt)) {
+	if (may_be_reply && ct_reply_first(pkt)) {
 		ret = ct_lookup4_reply(pkt, dir, out);
 		if (ret == CT_NEW)
 			ret = ct_lookup4_forward(pkt, dir, out);
 		return ret;
 	}
 	ret = ct_lookup4_forward(pkt, dir, out);
-	if (ret == CT_NEW)
+	if (ret == CT_NEW && may_be_reply)
 		ret = ct_lookup4_reply(pkt, dir, out);
 	return ret;
 }
