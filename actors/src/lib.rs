@@ -16,12 +16,16 @@
 //! - [`ipam`]: host-scope address allocation from the node's pod CIDR, persisted in the state
 //!   dir.
 //!
-//! Not yet here: the endpoint manager and endpoints, the node manager.
+//! - [`endpoint`]: the endpoint manager: pod endpoints from creation (address, veth pair,
+//!   identity, datapath, policy) to removal, persisted and restored across restarts.
+//!
+//! Not yet here: the node manager.
 //!
 //! Architecture invariant: this crate talks to the datapath and the kvstore only through
 //! `datapath::api::Datapath` / the Datapath actor's messages and `kvstore::Backend`; it links
 //! neither aya nor etcd-client (`.ci/run` checks it).
 
+pub mod endpoint;
 pub mod identity;
 pub mod ipam;
 pub mod ipcache;

@@ -5,12 +5,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix::{Actor, Addr, Context, Handler};
+use actix::{Actor, Addr, Context, Handler, MessageResult};
 use actors::identity::{
     AllocateCidrIdentities, AllocateIdentity, AllocatedIdentity, Dump, IdentitiesChanged,
     IdentityActor, IdentityBackend, IdentityConfig, IdentityError, IdentityMode, ListIdentities,
-    LookupIdentity, ReleaseCidrIdentities, ReleaseIdentity,
+    LookupIdentity, ReleaseCidrIdentities, ReleaseIdentity, RestoreCidrIdentities,
 };
+use actors::ipcache::{DeleteIp, Effective, Source, UpsertIp};
+use actors::policy::CidrIdentitiesWanted;
 use ipnet::IpNet;
 use kvstore::Backend;
 use kvstore::allocator::IdentityAllocator;
@@ -100,6 +102,7 @@ async fn local_mode_allocates_from_the_cluster_range_with_refcounts() {
     let a = actor
         .send(AllocateIdentity {
             labels: labels("a"),
+            preferred: None,
         })
         .await
         .unwrap()
@@ -115,6 +118,7 @@ async fn local_mode_allocates_from_the_cluster_range_with_refcounts() {
     let again = actor
         .send(AllocateIdentity {
             labels: labels("a"),
+            preferred: None,
         })
         .await
         .unwrap()
@@ -129,6 +133,7 @@ async fn local_mode_allocates_from_the_cluster_range_with_refcounts() {
     let host = actor
         .send(AllocateIdentity {
             labels: [Label::host()].into_iter().collect(),
+            preferred: None,
         })
         .await
         .unwrap()
@@ -136,9 +141,7 @@ async fn local_mode_allocates_from_the_cluster_range_with_refcounts() {
     assert_eq!(host.id, NumericIdentity::HOST);
     assert!(matches!(
         actor
-            .send(AllocateIdentity {
-                labels: Labels::new()
-            })
+            .send(AllocateIdentity::new(Labels::new()))
             .await
             .unwrap(),
         Err(IdentityError::EmptyLabels)
@@ -333,6 +336,7 @@ async fn kvstore_mode_publishes_identities_of_other_nodes_and_their_removal() {
     let mine = actor
         .send(AllocateIdentity {
             labels: labels("late"),
+            preferred: None,
         })
         .await
         .unwrap()
@@ -347,6 +351,7 @@ async fn kvstore_mode_publishes_identities_of_other_nodes_and_their_removal() {
     let fresh = actor
         .send(AllocateIdentity {
             labels: labels("fresh"),
+            preferred: None,
         })
         .await
         .unwrap()
@@ -412,15 +417,18 @@ async fn operations_on_one_label_set_run_in_order_without_blocking_the_actor() {
         .unwrap();
     let first = actor.send(AllocateIdentity {
         labels: labels("x"),
+        preferred: None,
     });
     let release = actor.send(ReleaseIdentity {
         labels: labels("x"),
     });
     let second = actor.send(AllocateIdentity {
         labels: labels("x"),
+        preferred: None,
     });
     let unrelated = actor.send(AllocateIdentity {
         labels: labels("y"),
+        preferred: None,
     });
     let (first, release, second, unrelated) = (
         tokio::spawn(first),
@@ -457,4 +465,186 @@ async fn operations_on_one_label_set_run_in_order_without_blocking_the_actor() {
     expected.sort();
     assert_eq!(refs, expected);
     assert_eq!(dump.queued_operations, 0);
+}
+
+/// What the identity actor sent, in the order it sent it: announcements and ipcache requests
+/// arrive in one mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sent {
+    Added(Vec<NumericIdentity>),
+    Removed(Vec<NumericIdentity>),
+    Upsert(IpNet, NumericIdentity),
+    Delete(IpNet),
+}
+
+#[derive(Debug, Default, Clone)]
+struct Recorder {
+    log: Arc<Mutex<Vec<Sent>>>,
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<Sent> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+}
+
+impl Handler<IdentitiesChanged> for Recorder {
+    type Result = ();
+    fn handle(&mut self, msg: IdentitiesChanged, _: &mut Context<Self>) {
+        let mut log = self.log.lock().unwrap();
+        if !msg.removed.is_empty() {
+            log.push(Sent::Removed(msg.removed));
+        }
+        if !msg.added.is_empty() {
+            log.push(Sent::Added(
+                msg.added.into_iter().map(|(id, _)| id).collect(),
+            ));
+        }
+    }
+}
+
+impl Handler<UpsertIp> for Recorder {
+    type Result = MessageResult<UpsertIp>;
+    fn handle(&mut self, msg: UpsertIp, _: &mut Context<Self>) -> Self::Result {
+        assert_eq!(msg.source, Source::Generated);
+        assert_eq!(msg.key.cluster_id(), ClusterId::UNSET);
+        self.log
+            .lock()
+            .unwrap()
+            .push(Sent::Upsert(msg.key.prefix(), msg.entry.identity));
+        MessageResult(Effective::Applied)
+    }
+}
+
+impl Handler<DeleteIp> for Recorder {
+    type Result = ();
+    fn handle(&mut self, msg: DeleteIp, _: &mut Context<Self>) {
+        assert_eq!(msg.source, Source::Generated);
+        self.log
+            .lock()
+            .unwrap()
+            .push(Sent::Delete(msg.key.prefix()));
+    }
+}
+
+#[actix::test]
+async fn the_policys_cidr_prefixes_become_identities_in_the_ipcache_in_a_safe_order() {
+    let recorder = Recorder::default();
+    let addr = recorder.clone().start();
+    let actor = IdentityActor::new(IdentityConfig {
+        cluster_id: ClusterId::UNSET,
+        backend: IdentityBackend::Local,
+        dual_stack: false,
+        subscribers: vec![addr.clone().recipient()],
+    })
+    .with_ipcache(addr.clone().recipient(), addr.clone().recipient())
+    .start();
+    // Ids read back from the datapath after a restart: a local-scope one is preferred, a
+    // cluster one is ignored.
+    let restored = NumericIdentity::new(NumericIdentity::MIN_LOCAL_SCOPE.get() + 10);
+    actor
+        .send(RestoreCidrIdentities {
+            identities: vec![
+                (prefix("10.0.0.0/8"), restored),
+                (prefix("172.16.0.0/12"), NumericIdentity::new(300)),
+            ],
+        })
+        .await
+        .unwrap();
+    actor
+        .send(CidrIdentitiesWanted {
+            added: vec![
+                prefix("0.0.0.0/0"),
+                prefix("10.0.0.0/8"),
+                prefix("172.16.0.0/12"),
+            ],
+            removed: Vec::new(),
+        })
+        .await
+        .unwrap();
+    actor.send(Dump).await.unwrap();
+    settle().await;
+    let log = recorder.take();
+    let ten = restored;
+    let Some(Sent::Added(added)) = log.get(1) else {
+        panic!("reserved identities, then the cidr ones: {log:?}");
+    };
+    assert_eq!(added.len(), 2);
+    assert!(added.contains(&ten));
+    let other = added.iter().copied().find(|id| *id != ten).unwrap();
+    assert!(other.is_local_scope());
+    // Announced first, upserted second; the world prefix needs no entry.
+    assert_eq!(
+        log[2..],
+        [
+            Sent::Upsert(prefix("10.0.0.0/8"), ten),
+            Sent::Upsert(prefix("172.16.0.0/12"), other),
+        ]
+    );
+
+    // A prefix also allocated directly shares the identity: no second entry, and the
+    // policy's release keeps it.
+    let direct = actor
+        .send(AllocateCidrIdentities {
+            prefixes: vec![prefix("172.16.0.0/12")],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(direct, vec![(prefix("172.16.0.0/12"), other)]);
+    // Removal: a prefix the actor never allocated is skipped, not an error.
+    actor
+        .send(CidrIdentitiesWanted {
+            added: Vec::new(),
+            removed: vec![
+                prefix("10.0.0.0/8"),
+                prefix("172.16.0.0/12"),
+                prefix("192.168.0.0/16"),
+            ],
+        })
+        .await
+        .unwrap();
+    actor.send(Dump).await.unwrap();
+    settle().await;
+    // Deleted from the ipcache first, announced gone second.
+    assert_eq!(
+        recorder.take(),
+        [Sent::Delete(prefix("10.0.0.0/8")), Sent::Removed(vec![ten])]
+    );
+    let dump = actor.send(Dump).await.unwrap();
+    assert_eq!(dump.references.len(), 1);
+    assert_eq!(dump.references[0].id, other);
+}
+
+#[actix::test]
+async fn kvstore_mode_keeps_the_kvstores_id_over_a_preferred_one() {
+    let store = MemoryStore::new(Arc::new(TokioClock::new()));
+    let a = node(&store, "192.168.0.1", 1).await;
+    let b = node(&store, "192.168.0.2", 2).await;
+    let theirs = b.allocator.allocate(&labels("shared")).await.unwrap();
+    let (actor, _subscriber) = start(kvstore_backend(&a), ClusterId::UNSET);
+    let preferred = NumericIdentity::new(theirs.id.get() + 7);
+    let got = actor
+        .send(AllocateIdentity {
+            labels: labels("shared"),
+            preferred: Some(preferred),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.id, theirs.id);
+    // A label set new to the cluster: the allocator picks; the preference is only logged.
+    let fresh = actor
+        .send(AllocateIdentity {
+            labels: labels("fresh"),
+            preferred: Some(preferred),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(fresh.is_new && fresh.id != theirs.id);
 }

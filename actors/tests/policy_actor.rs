@@ -3,12 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
+use actors::identity::IdentitiesChanged;
 use actors::policy::{
-    CidrIdentitiesWanted, Dump, EndpointPolicyWanted, EndpointRemoved, IdentityAdded,
-    IdentityRemoved, PolicyConfig, PolicyDelete, PolicyError, PolicyImport, PolicyRepository,
-    PolicySource, PolicyState, PolicyWait, Revision, policy_name_labels,
+    CidrIdentitiesWanted, Dump, EndpointPolicyWait, EndpointPolicyWanted, EndpointRemoved,
+    FilePolicyStore, IdentityAdded, IdentityRemoved, MemoryPolicyStore, PolicyConfig, PolicyDelete,
+    PolicyError, PolicyImport, PolicyRepository, PolicySnapshot, PolicySource, PolicyState,
+    PolicyStore, PolicyWait, Revision, policy_name_labels,
 };
 use datapath::api::{Direction, EndpointId, PolicyEntry, PolicyKey, Protocol};
 use datapath::reconciler::messages::SetEndpointPolicy;
@@ -80,6 +83,27 @@ struct Harness {
 
 impl Harness {
     fn start(open: bool) -> Harness {
+        Self::start_with(open, |state, datapath, cidrs| {
+            PolicyRepository::new(state, datapath, cidrs)
+        })
+    }
+
+    /// A harness whose repository persists its rules in `store`.
+    fn with_store(store: &MemoryPolicyStore) -> Harness {
+        let store = store.clone();
+        Self::start_with(true, move |state, datapath, cidrs| {
+            PolicyRepository::with_store(state, Box::new(store), datapath, cidrs).unwrap()
+        })
+    }
+
+    fn start_with(
+        open: bool,
+        build: impl FnOnce(
+            PolicyState,
+            actix::Recipient<SetEndpointPolicy>,
+            actix::Recipient<CidrIdentitiesWanted>,
+        ) -> PolicyRepository,
+    ) -> Harness {
         let policies = Arc::new(Mutex::new(Vec::new()));
         let cidrs = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(Semaphore::new(if open {
@@ -93,7 +117,7 @@ impl Harness {
             gate: gate.clone(),
         }
         .start();
-        let repo = PolicyRepository::new(
+        let repo = build(
             PolicyState::new(PolicyConfig::default()),
             probe.clone().recipient(),
             probe.clone().recipient(),
@@ -329,4 +353,206 @@ spec:
     let error = bad.unwrap_err();
     assert!(error.to_string().contains("toFQDNs"), "{error}");
     assert_eq!(h.repo.send(Dump).await.unwrap(), before);
+}
+
+#[actix::test]
+async fn identity_changes_are_taken_straight_from_the_identity_actor() {
+    let h = Harness::start(true);
+    h.repo.send(wanted(1, 1001, "backend")).await.unwrap();
+    h.repo.send(import()).await.unwrap().unwrap();
+    h.repo
+        .send(IdentitiesChanged {
+            added: vec![
+                (NumericIdentity::new(1000), pod("frontend")),
+                (NumericIdentity::new(1003), pod("frontend")),
+            ],
+            removed: Vec::new(),
+        })
+        .await
+        .unwrap();
+    h.repo.send(Dump).await.unwrap();
+    h.probe.send(Sync).await.unwrap();
+    let entries = h.last(1).unwrap();
+    assert!(entries.contains_key(&tcp80(1000)) && entries.contains_key(&tcp80(1003)));
+
+    // One change that removes one identity and relabels another away from the selector.
+    h.repo
+        .send(IdentitiesChanged {
+            added: vec![(NumericIdentity::new(1003), pod("other"))],
+            removed: vec![NumericIdentity::new(1000)],
+        })
+        .await
+        .unwrap();
+    h.repo.send(Dump).await.unwrap();
+    h.probe.send(Sync).await.unwrap();
+    let entries = h.last(1).unwrap();
+    assert!(!entries.contains_key(&tcp80(1000)) && !entries.contains_key(&tcp80(1003)));
+}
+
+#[actix::test]
+async fn an_endpoint_waits_for_its_own_policy_only() {
+    let h = Harness::start(false);
+    let revision = h.repo.send(wanted(1, 1001, "backend")).await.unwrap();
+    h.repo.send(wanted(2, 1002, "db")).await.unwrap();
+    let wait = |endpoint: u16, revision: Revision| {
+        h.repo.send(EndpointPolicyWait {
+            endpoint: EndpointId::new(endpoint),
+            revision,
+        })
+    };
+    let first = wait(1, revision);
+    let mut second = Box::pin(wait(2, revision));
+    let mut node = Box::pin(h.repo.send(PolicyWait { revision }));
+    // The datapath takes one update, endpoint 1's (updates leave in endpoint order).
+    h.gate.add_permits(1);
+    assert_eq!(first.await.unwrap().unwrap(), revision);
+    let pending = Duration::from_millis(50);
+    assert!(tokio::time::timeout(pending, &mut second).await.is_err());
+    assert!(tokio::time::timeout(pending, &mut node).await.is_err());
+
+    assert!(matches!(
+        wait(9, revision).await.unwrap(),
+        Err(PolicyError::UnknownEndpoint { .. })
+    ));
+    assert!(matches!(
+        wait(1, Revision::new(revision.get() + 1)).await.unwrap(),
+        Err(PolicyError::FutureRevision { .. })
+    ));
+
+    // Removing endpoint 2 fails its waiter and lets the node-wide one through.
+    h.repo
+        .send(EndpointRemoved {
+            endpoint: EndpointId::new(2),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        second.await.unwrap(),
+        Err(PolicyError::UnknownEndpoint { .. })
+    ));
+    assert_eq!(node.await.unwrap().unwrap(), revision);
+}
+
+const OTHER: &str = "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: backend}}]
+";
+
+#[actix::test]
+async fn rules_are_persisted_a_failed_save_changes_nothing_and_a_restart_restores_them() {
+    let store = MemoryPolicyStore::new();
+    let h = Harness::with_store(&store);
+    h.repo.send(wanted(1, 1001, "backend")).await.unwrap();
+    let identities = IdentitiesChanged {
+        added: vec![(NumericIdentity::new(1000), pod("frontend"))],
+        removed: Vec::new(),
+    };
+    h.repo.send(identities.clone()).await.unwrap();
+    let revision = h.repo.send(import()).await.unwrap().unwrap();
+    let saved = store.saved().unwrap();
+    assert_eq!(saved.revision, revision);
+    assert_eq!(saved.rules.len(), 1);
+
+    // The store refuses: neither an import nor a delete changes the repository.
+    store.set_fail_saves(true);
+    let other = PolicyImport {
+        source: PolicySource::Documents(parse_documents(OTHER).unwrap()),
+    };
+    assert!(matches!(
+        h.repo.send(other.clone()).await.unwrap(),
+        Err(PolicyError::Persist(_))
+    ));
+    assert!(matches!(
+        h.repo
+            .send(PolicyDelete { labels: Vec::new() })
+            .await
+            .unwrap(),
+        Err(PolicyError::Persist(_))
+    ));
+    let dump = h.repo.send(Dump).await.unwrap();
+    assert_eq!((dump.revision, dump.rules.len()), (revision, 1));
+    assert_eq!(store.saved(), Some(saved.clone()));
+    store.set_fail_saves(false);
+    h.repo.send(PolicyWait { revision }).await.unwrap().unwrap();
+    h.probe.send(Sync).await.unwrap();
+    let entries = h.last(1).unwrap();
+
+    // A new repository on the same store: same rules, same revision, same entries, and the
+    // CIDR prefixes are requested again as soon as it runs.
+    let restarted = Harness::with_store(&store);
+    let dump_after = restarted.repo.send(Dump).await.unwrap();
+    assert_eq!(dump_after.revision, revision);
+    assert_eq!(dump_after.rules, dump.rules);
+    restarted.repo.send(identities).await.unwrap();
+    restarted
+        .repo
+        .send(wanted(1, 1001, "backend"))
+        .await
+        .unwrap();
+    restarted
+        .repo
+        .send(PolicyWait { revision })
+        .await
+        .unwrap()
+        .unwrap();
+    restarted.probe.send(Sync).await.unwrap();
+    assert_eq!(restarted.last(1).unwrap(), entries);
+    assert_eq!(
+        restarted.cidrs.lock().unwrap().as_slice(),
+        h.cidrs.lock().unwrap().as_slice()
+    );
+    // Revisions go on from the restored one.
+    assert_eq!(
+        restarted.repo.send(other).await.unwrap().unwrap(),
+        Revision::new(revision.get() + 1)
+    );
+}
+
+#[actix::test]
+async fn a_store_that_cannot_be_restored_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = FilePolicyStore::in_state_dir(dir.path());
+    std::fs::write(file.path(), b"[").unwrap();
+    let start = |store: FilePolicyStore| {
+        PolicyRepository::with_store(
+            PolicyState::new(PolicyConfig::default()),
+            Box::new(store),
+            Sink.start().recipient(),
+            Sink.start().recipient(),
+        )
+    };
+    assert!(matches!(start(file.clone()), Err(PolicyError::Load(_))));
+
+    // A persisted rule that no longer imports (here: no endpointSelector).
+    file.save(&PolicySnapshot {
+        revision: Revision::new(4),
+        rules: vec![model::policy::Rule::default()],
+    })
+    .unwrap();
+    assert!(matches!(start(file), Err(PolicyError::Restore(_))));
+}
+
+/// Swallows the repository's output.
+#[derive(Debug)]
+struct Sink;
+
+impl Actor for Sink {
+    type Context = Context<Self>;
+}
+
+impl Handler<SetEndpointPolicy> for Sink {
+    type Result = ();
+
+    fn handle(&mut self, _msg: SetEndpointPolicy, _ctx: &mut Context<Self>) {}
+}
+
+impl Handler<CidrIdentitiesWanted> for Sink {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CidrIdentitiesWanted, _ctx: &mut Context<Self>) {}
 }

@@ -16,12 +16,14 @@
 //!   layout conversion ([`kernel::convert`]), errno -> [`DatapathError`], conntrack GC, metrics.
 //! - [`attach`]: TCX attachment of the programs to an endpoint's veth inside the node's network
 //!   namespace, and the pinned links that keep enforcing while no agent runs.
+//! - [`link`]: [`link::NetlinkLinks`], the [`api::EndpointLinks`] over rtnetlink: each
+//!   endpoint's veth pair, pod address and routes, the node's route and neighbour entry.
 //! - [`monitor`]: the event reader: `cilium_events` ring-buffer records -> typed
 //!   [`monitor::MonitorEvent`]s, `cilium-dbg monitor`-style lines and type filters.
 //! - [`reconciler`]: the Datapath actor, the single writer of every map (desired state,
 //!   idempotent apply, prune, retry with backoff).
 //! - `fake` and `testing` (feature `test-util`): the recording in-memory [`Datapath`] and the
-//!   behavioural suite every implementation passes.
+//!   behavioural suite every implementation passes; `fake_link`: the in-memory endpoint links.
 //! - `sys`: the one bpf syscall aya does not expose.
 //!
 //! The kernel side (`maps`, `loader`, `kernel`, `attach`, `monitor`, the C programs) is the
@@ -38,8 +40,12 @@ pub mod attach;
 pub mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake_link;
 #[cfg(feature = "kernel")]
 pub mod kernel;
+#[cfg(feature = "kernel")]
+pub mod link;
 #[cfg(feature = "kernel")]
 pub mod loader;
 #[cfg(feature = "kernel")]

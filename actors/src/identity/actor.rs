@@ -1,6 +1,18 @@
 //! actix glue of the identity actor. Kvstore allocations run as futures on the actor's context
 //! (the actor keeps serving other messages meanwhile), one at a time per label set through a
 //! [`KeyedQueue`], and answer through a oneshot channel.
+//!
+//! CIDR identities and the ipcache: with ipcache recipients ([`IdentityActor::with_ipcache`])
+//! every local-scope identity the actor holds is in the ipcache under its prefix (source
+//! `generated`, as upstream's `UpsertGeneratedIdentities`) from its allocation until its last
+//! reference goes. The order follows upstream's `InjectLabels`, which updates policy maps
+//! before it upserts the ipcache: a new identity is published to the policy side first and
+//! upserted second, a removed one is deleted from the ipcache first and published second. A
+//! policy entry for an identity no packet carries yet is harmless; the other order would,
+//! for a moment, give the prefix's traffic an identity no policy entry allows yet and drop
+//! it (or, on removal, classify it as an identity whose entries are already gone). The
+//! messages go through two mailboxes, so this orders the requests, not the map writes;
+//! upstream closes that gap by waiting for the policy maps, we accept it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,8 +22,9 @@ use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, MessageResult, Recipient,
     ResponseFuture, StreamHandler, WrapFuture,
 };
+use datapath::api::IpcacheKey;
 use ipnet::IpNet;
-use kvstore::allocator::{IdentityAllocator, LocalIdentityAllocator};
+use kvstore::allocator::IdentityAllocator;
 use kvstore::keys::{IDENTITY_ID_PREFIX, parse_identity_master_key};
 use kvstore::{Backend, WatchEvent, WatchFrom};
 use model::identity::{ClusterId, NumericIdentity};
@@ -21,9 +34,11 @@ use tokio::sync::oneshot;
 use super::messages::{
     AllocateCidrIdentities, AllocateIdentity, AllocatedIdentity, Dump, IdentitiesChanged,
     IdentityDump, IdentityError, IdentityMode, ListIdentities, LookupIdentity,
-    ReleaseCidrIdentities, ReleaseIdentity,
+    ReleaseCidrIdentities, ReleaseIdentity, RestoreCidrIdentities,
 };
 use super::state::{IdentityState, KeyedQueue};
+use crate::ipcache::{DeleteIp, IpEntry, Source, UpsertIp};
+use crate::policy::CidrIdentitiesWanted;
 
 /// How long to wait before listing the master keys again after their watch ended.
 const REWATCH_DELAY: Duration = Duration::from_secs(1);
@@ -58,6 +73,7 @@ pub struct IdentityConfig {
 enum KvOp {
     Allocate {
         labels: Labels,
+        preferred: Option<NumericIdentity>,
         reply: oneshot::Sender<Result<AllocatedIdentity, IdentityError>>,
     },
     Release {
@@ -66,14 +82,24 @@ enum KvOp {
     },
 }
 
+/// Where CIDR identities go into the ipcache.
+#[derive(Debug, Clone)]
+struct CidrIpcache {
+    upsert: Recipient<UpsertIp>,
+    delete: Recipient<DeleteIp>,
+}
+
 /// The identity allocator of one node.
 #[derive(Debug)]
 pub struct IdentityActor {
     state: IdentityState,
     kvstore: Option<(Arc<IdentityAllocator>, Arc<dyn Backend>)>,
-    local_scope: LocalIdentityAllocator,
     dual_stack: bool,
     subscribers: Vec<Recipient<IdentitiesChanged>>,
+    ipcache: Option<CidrIpcache>,
+    /// Local-scope ids prefixes had before a restart ([`RestoreCidrIdentities`]), by
+    /// truncated prefix, until the prefix is allocated again.
+    cidr_hints: BTreeMap<IpNet, NumericIdentity>,
     queue: KeyedQueue<KvOp>,
 }
 
@@ -89,11 +115,126 @@ impl IdentityActor {
         IdentityActor {
             state,
             kvstore,
-            local_scope: LocalIdentityAllocator::new(),
             dual_stack: config.dual_stack,
             subscribers: config.subscribers,
+            ipcache: None,
+            cidr_hints: BTreeMap::new(),
             queue: KeyedQueue::default(),
         }
+    }
+
+    /// Puts every CIDR identity into the ipcache (source `generated`) while it exists, so
+    /// that traffic to the prefix carries it. Without this the actor only allocates them.
+    pub fn with_ipcache(
+        mut self,
+        upsert: Recipient<UpsertIp>,
+        delete: Recipient<DeleteIp>,
+    ) -> Self {
+        self.ipcache = Some(CidrIpcache { upsert, delete });
+        self
+    }
+
+    /// Takes a reference to the CIDR identity of every prefix, all or nothing; publishes the
+    /// new ones, then upserts them into the ipcache.
+    fn allocate_cidrs(
+        &mut self,
+        prefixes: &[IpNet],
+    ) -> Result<Vec<(IpNet, NumericIdentity)>, IdentityError> {
+        let mut result = Vec::with_capacity(prefixes.len());
+        let mut taken: Vec<Labels> = Vec::new();
+        let mut change = IdentitiesChanged::default();
+        let mut fresh = Vec::new();
+        for prefix in prefixes {
+            let labels = self.cidr_labels(*prefix);
+            if let Some(id) = IdentityState::reserved_for(&labels) {
+                result.push((*prefix, id));
+                continue;
+            }
+            let preferred = self.cidr_hints.get(&prefix.trunc()).copied();
+            match self.state.allocate_local_scope(&labels, preferred) {
+                Ok((id, added)) => {
+                    if let Some(added) = added {
+                        change.added.extend(added.added);
+                        fresh.push((prefix.trunc(), id));
+                    }
+                    taken.push(labels);
+                    result.push((*prefix, id));
+                }
+                Err(err) => {
+                    // All or nothing: give back what this call took. Nothing was published.
+                    for labels in taken.iter().rev() {
+                        let _ = self.state.release_local_scope(labels);
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        for (prefix, _) in &result {
+            self.cidr_hints.remove(&prefix.trunc());
+        }
+        change.added.sort_by_key(|(id, _)| *id);
+        self.publish(Some(change));
+        if let Some(ipcache) = &self.ipcache {
+            for (prefix, id) in fresh {
+                ipcache.upsert.do_send(UpsertIp {
+                    key: IpcacheKey::new(ClusterId::UNSET, prefix),
+                    source: Source::Generated,
+                    entry: IpEntry::identity(id),
+                });
+            }
+        }
+        Ok(result)
+    }
+
+    /// Drops one reference per prefix; deletes the identities that are gone from the ipcache,
+    /// then publishes them removed. `strict`: a prefix without (enough) references fails the
+    /// call before anything is released; otherwise it is skipped (the policy repository
+    /// releases prefixes whose allocation may have failed).
+    fn release_cidrs(
+        &mut self,
+        prefixes: &[IpNet],
+        strict: bool,
+    ) -> Result<Vec<NumericIdentity>, IdentityError> {
+        let mut todo = Vec::new();
+        let mut wanted: BTreeMap<NumericIdentity, u64> = BTreeMap::new();
+        for prefix in prefixes {
+            let labels = self.cidr_labels(*prefix);
+            if IdentityState::reserved_for(&labels).is_some() {
+                continue;
+            }
+            let id = self.state.local_scope_id(&labels);
+            let enough = id.is_some_and(|id| {
+                let count = wanted.entry(id).or_default();
+                *count += 1;
+                *count <= self.state.refs_of(id)
+            });
+            match id {
+                Some(id) if enough => todo.push((prefix.trunc(), id, labels)),
+                _ if strict => return Err(IdentityError::CidrNotAllocated { prefix: *prefix }),
+                _ => tracing::debug!(%prefix, "no cidr identity to release"),
+            }
+        }
+        let mut gone = Vec::new();
+        for (prefix, _, labels) in todo {
+            if let Some(removed) = self.state.release_local_scope(&labels)? {
+                gone.extend(removed.removed.into_iter().map(|id| (prefix, id)));
+            }
+        }
+        if let Some(ipcache) = &self.ipcache {
+            for (prefix, _) in &gone {
+                ipcache.delete.do_send(DeleteIp {
+                    key: IpcacheKey::new(ClusterId::UNSET, *prefix),
+                    source: Source::Generated,
+                });
+            }
+        }
+        let mut removed: Vec<NumericIdentity> = gone.into_iter().map(|(_, id)| id).collect();
+        removed.sort();
+        self.publish(Some(IdentitiesChanged {
+            added: Vec::new(),
+            removed: removed.clone(),
+        }));
+        Ok(removed)
     }
 
     fn publish(&self, change: Option<IdentitiesChanged>) {
@@ -113,7 +254,11 @@ impl IdentityActor {
         };
         let allocator = Arc::clone(allocator);
         match op {
-            KvOp::Allocate { labels, reply } => {
+            KvOp::Allocate {
+                labels,
+                preferred,
+                reply,
+            } => {
                 let work = async move {
                     let result = allocator.allocate(&labels).await;
                     (result, labels)
@@ -123,6 +268,18 @@ impl IdentityActor {
                         .map(move |(result, labels), act, ctx| {
                             let answer = result
                                 .map(|allocation| {
+                                    if let Some(preferred) =
+                                        preferred.filter(|p| *p != allocation.id)
+                                    {
+                                        // The kvstore's binding of the labels is the
+                                        // cluster's truth; the endpoint's entries change.
+                                        tracing::warn!(
+                                            id = %allocation.id,
+                                            %preferred,
+                                            labels = %labels.to_kvstore_string(),
+                                            "the kvstore holds another identity for the labels than the preferred one"
+                                        );
+                                    }
                                     let change = act.state.allocated(allocation.id, labels);
                                     // Subscribers hear of the identity before the caller uses it.
                                     act.publish(change);
@@ -218,7 +375,7 @@ impl Handler<AllocateIdentity> for IdentityActor {
         if self.kvstore.is_none() {
             let result = self
                 .state
-                .allocate_in_process(&msg.labels)
+                .allocate_in_process(&msg.labels, msg.preferred)
                 .map(|(allocation, change)| {
                     self.publish(change);
                     allocation
@@ -227,7 +384,12 @@ impl Handler<AllocateIdentity> for IdentityActor {
         }
         let (reply, answer) = oneshot::channel();
         let labels = msg.labels;
-        self.enqueue(&labels.clone(), KvOp::Allocate { labels, reply }, ctx);
+        let op = KvOp::Allocate {
+            labels: labels.clone(),
+            preferred: msg.preferred,
+            reply,
+        };
+        self.enqueue(&labels, op, ctx);
         Box::pin(async move { answer.await.unwrap_or(Err(IdentityError::Stopped)) })
     }
 }
@@ -260,38 +422,7 @@ impl Handler<AllocateCidrIdentities> for IdentityActor {
     type Result = Result<Vec<(IpNet, NumericIdentity)>, IdentityError>;
 
     fn handle(&mut self, msg: AllocateCidrIdentities, _: &mut Context<Self>) -> Self::Result {
-        let mut taken: Vec<(IpNet, NumericIdentity, Labels, bool)> = Vec::new();
-        for prefix in &msg.prefixes {
-            let labels = self.cidr_labels(*prefix);
-            if let Some(id) = IdentityState::reserved_for(&labels) {
-                taken.push((*prefix, id, labels, false));
-                continue;
-            }
-            match self.local_scope.allocate(&labels) {
-                Ok(allocation) => taken.push((*prefix, allocation.id, labels, true)),
-                Err(err) => {
-                    // All or nothing: give back what this call took.
-                    for (_, _, labels, local) in taken.iter().rev() {
-                        if *local {
-                            let _ = self.local_scope.release(labels);
-                        }
-                    }
-                    return Err(err.into());
-                }
-            }
-        }
-        let mut change = IdentitiesChanged::default();
-        let mut result = Vec::with_capacity(taken.len());
-        for (prefix, id, labels, local) in taken {
-            if local && let Some(c) = self.state.local_scope_allocated(id, labels) {
-                change.added.extend(c.added);
-            }
-            result.push((prefix, id));
-        }
-        change.added.sort_by_key(|(id, _)| *id);
-        change.added.dedup_by_key(|(id, _)| *id);
-        self.publish(Some(change));
-        Ok(result)
+        self.allocate_cidrs(&msg.prefixes)
     }
 }
 
@@ -299,36 +430,41 @@ impl Handler<ReleaseCidrIdentities> for IdentityActor {
     type Result = Result<Vec<NumericIdentity>, IdentityError>;
 
     fn handle(&mut self, msg: ReleaseCidrIdentities, _: &mut Context<Self>) -> Self::Result {
-        let mut todo = Vec::new();
-        let mut wanted: BTreeMap<NumericIdentity, u64> = BTreeMap::new();
-        for prefix in &msg.prefixes {
-            let labels = self.cidr_labels(*prefix);
-            if IdentityState::reserved_for(&labels).is_some() {
-                continue;
-            }
-            let id = self
-                .local_scope
-                .lookup_labels(&labels)
-                .ok_or(IdentityError::CidrNotAllocated { prefix: *prefix })?;
-            // A prefix listed more often than it is referenced fails before any release.
-            let count = wanted.entry(id).or_default();
-            *count += 1;
-            if *count > self.state.refs_of(id) {
-                return Err(IdentityError::CidrNotAllocated { prefix: *prefix });
-            }
-            todo.push((id, labels));
+        self.release_cidrs(&msg.prefixes, true)
+    }
+}
+
+impl Handler<CidrIdentitiesWanted> for IdentityActor {
+    type Result = ();
+
+    /// The policy repository's CIDR prefixes. Nobody waits for an answer, so failures are
+    /// logged: a prefix without identity is selected only through broader prefixes (or
+    /// `world`) until the rules name it again.
+    fn handle(&mut self, msg: CidrIdentitiesWanted, _: &mut Context<Self>) {
+        if !msg.removed.is_empty()
+            && let Err(error) = self.release_cidrs(&msg.removed, false)
+        {
+            tracing::error!(%error, prefixes = ?msg.removed, "cannot release cidr identities");
         }
-        let mut change = IdentitiesChanged::default();
-        for (id, labels) in todo {
-            let last = self.local_scope.release(&labels)?;
-            if let Some(c) = self.state.local_scope_released(id, last) {
-                change.removed.extend(c.removed);
+        if !msg.added.is_empty()
+            && let Err(error) = self.allocate_cidrs(&msg.added)
+        {
+            tracing::error!(%error, prefixes = ?msg.added, "cannot allocate cidr identities the policy names");
+        }
+    }
+}
+
+impl Handler<RestoreCidrIdentities> for IdentityActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RestoreCidrIdentities, _: &mut Context<Self>) {
+        for (prefix, id) in msg.identities {
+            if id.is_local_scope() {
+                self.cidr_hints.insert(prefix.trunc(), id);
+            } else {
+                tracing::warn!(%prefix, %id, "ignoring a restored cidr identity outside the local scope");
             }
         }
-        change.removed.sort();
-        let gone = change.removed.clone();
-        self.publish(Some(change));
-        Ok(gone)
     }
 }
 

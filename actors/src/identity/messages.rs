@@ -14,6 +14,22 @@ use serde::{Deserialize, Serialize};
 #[rtype(result = "Result<AllocatedIdentity, IdentityError>")]
 pub struct AllocateIdentity {
     pub labels: Labels,
+    /// The id the labels had before (a restored endpoint's recorded identity), so that its
+    /// policy and ipcache entries stay as they are across an agent restart. Without a
+    /// kvstore it is taken when it is free or already bound to these labels; in kvstore mode
+    /// the kvstore's id for the labels wins and a different one is logged. A mismatch is not
+    /// an error: the endpoint gets the id the allocator answers.
+    pub preferred: Option<NumericIdentity>,
+}
+
+impl AllocateIdentity {
+    /// A request without a preferred id (a new endpoint).
+    pub fn new(labels: Labels) -> Self {
+        AllocateIdentity {
+            labels,
+            preferred: None,
+        }
+    }
 }
 
 /// Drops one reference to a label set's identity. Answers whether it was the last one.
@@ -29,6 +45,16 @@ pub struct ReleaseIdentity {
 #[rtype(result = "Result<Vec<(IpNet, NumericIdentity)>, IdentityError>")]
 pub struct AllocateCidrIdentities {
     pub prefixes: Vec<IpNet>,
+}
+
+/// Records the local-scope identities prefixes had before an agent restart (read back from
+/// the datapath's ipcache map), so that the next allocation of each prefix takes the same id
+/// if it is still free: policy-map keys and ipcache entries then stay as they are. Holds no
+/// reference; an id handed to another prefix meanwhile is logged and a new one taken.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RestoreCidrIdentities {
+    pub identities: Vec<(IpNet, NumericIdentity)>,
 }
 
 /// Drops one reference per prefix. Answers the identities that are gone. All or nothing: a
@@ -126,6 +152,11 @@ pub enum IdentityError {
     #[error("identity range {first}..={last} of cluster {cluster_id} is exhausted")]
     RangeExhausted {
         cluster_id: ClusterId,
+        first: NumericIdentity,
+        last: NumericIdentity,
+    },
+    #[error("local-scope identity range {first}..={last} is exhausted")]
+    LocalScopeExhausted {
         first: NumericIdentity,
         last: NumericIdentity,
     },

@@ -4,12 +4,16 @@
 //! **Owns** the node's references to identities and the set of identities it has announced:
 //! the reserved ones, the cluster's (from the kvstore allocator and its master keys, or
 //! allocated in process from the cluster's range when there is no kvstore, DESIGN 4.6), and
-//! local-scope CIDR identities (bit 24 set, never in the kvstore, from
-//! [`kvstore::allocator::LocalIdentityAllocator`]).
+//! local-scope CIDR identities (bit 24 set, never in the kvstore, allocated in process like
+//! upstream's local identity cache, but able to take a preferred id so that a restart keeps
+//! them).
 //!
 //! **Takes** ([`messages`]): [`AllocateIdentity`], [`ReleaseIdentity`],
-//! [`AllocateCidrIdentities`], [`ReleaseCidrIdentities`], [`LookupIdentity`],
-//! [`ListIdentities`], [`Dump`]. **Sends** [`IdentitiesChanged`] to the subscribers given at
+//! [`AllocateCidrIdentities`], [`ReleaseCidrIdentities`], the policy repository's
+//! [`CidrIdentitiesWanted`](crate::policy::CidrIdentitiesWanted), [`RestoreCidrIdentities`],
+//! [`LookupIdentity`], [`ListIdentities`], [`Dump`]. **Sends** `UpsertIp`/`DeleteIp` (source
+//! `generated`) for CIDR identities to the ipcache when given one
+//! ([`IdentityActor::with_ipcache`]), and [`IdentitiesChanged`] to the subscribers given at
 //! construction: the reserved identities once at start, then every identity that appears
 //! (allocated here, or by another node: the actor watches the master keys
 //! `cilium/state/identities/v1/id/<n>` itself, so no change to the kvstore allocator was
@@ -23,6 +27,11 @@
 //! - Subscribers hear of a new identity before its allocation is answered.
 //! - An identity this node references is never announced as removed.
 //! - Identities outside the cluster's range found in the kvstore are ignored.
+//! - A restored endpoint or CIDR prefix gets the id it had when that id is free (local mode
+//!   and local scope) or when the kvstore still binds it to the same labels.
+//! - With an ipcache, a CIDR identity is in it exactly while the identity exists; it is
+//!   published before it is upserted and deleted before it is published removed (see
+//!   [`actor`]).
 //!
 //! Layout: [`state`] is the bookkeeping (pure), [`actor`] the actix glue.
 
@@ -34,6 +43,6 @@ pub use actor::{IdentityActor, IdentityBackend, IdentityConfig};
 pub use messages::{
     AllocateCidrIdentities, AllocateIdentity, AllocatedIdentity, Dump, IdentitiesChanged,
     IdentityDump, IdentityError, IdentityInfo, IdentityMode, IdentityReference, ListIdentities,
-    LookupIdentity, ReleaseCidrIdentities, ReleaseIdentity,
+    LookupIdentity, ReleaseCidrIdentities, ReleaseIdentity, RestoreCidrIdentities,
 };
 pub use state::{IdentityState, InProcessAllocator, KeyedQueue};

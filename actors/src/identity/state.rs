@@ -13,23 +13,77 @@ use super::messages::{
 };
 use crate::service::ids::IdPool;
 
-/// Cluster-wide identities allocated in process, for an agent without a kvstore: refcounted,
-/// from the cluster's range, next-fit so a released id is reused last.
+/// Identities allocated in process: cluster-wide ones for an agent without a kvstore (from
+/// the cluster's range), and local-scope (CIDR) ones in every mode (bit 24 set, never in the
+/// kvstore). Next-fit, so a released id is reused last; references are counted by
+/// [`IdentityState`].
 #[derive(Debug, Clone)]
 pub struct InProcessAllocator {
-    cluster_id: ClusterId,
     ids: IdPool,
     by_labels: HashMap<String, NumericIdentity>,
 }
 
 impl InProcessAllocator {
+    /// The allocator of a cluster's range.
     pub fn new(cluster_id: ClusterId) -> Self {
         let range = cluster_id.identity_range();
+        Self::over(range.start().get()..=range.end().get())
+    }
+
+    /// The allocator of the local-scope range.
+    pub fn local_scope() -> Self {
+        let range = NumericIdentity::local_scope_range();
+        Self::over(range.start().get()..=range.end().get())
+    }
+
+    fn over(range: std::ops::RangeInclusive<u32>) -> Self {
         InProcessAllocator {
-            cluster_id,
-            ids: IdPool::new(range.start().get()..=range.end().get()),
+            ids: IdPool::new(range),
             by_labels: HashMap::new(),
         }
+    }
+
+    /// The id of `key`: the one it has, else `preferred` if that is free, else the next free
+    /// one. Answers the id and whether it is new; `None` when the range is exhausted.
+    fn allocate(
+        &mut self,
+        key: &str,
+        preferred: Option<NumericIdentity>,
+    ) -> Option<(NumericIdentity, bool)> {
+        if let Some(id) = self.by_labels.get(key).copied() {
+            if let Some(preferred) = preferred.filter(|p| *p != id) {
+                tracing::warn!(labels = key, %id, %preferred, "labels already hold another identity than the preferred one");
+            }
+            return Some((id, false));
+        }
+        let id = match preferred {
+            Some(preferred) if self.ids.take(preferred.get()) => preferred,
+            Some(preferred) => {
+                let id = NumericIdentity::new(self.ids.allocate()?);
+                tracing::warn!(labels = key, %id, %preferred, "preferred identity is taken or out of range, allocated another");
+                id
+            }
+            None => NumericIdentity::new(self.ids.allocate()?),
+        };
+        self.by_labels.insert(key.to_owned(), id);
+        Some((id, true))
+    }
+
+    fn lookup(&self, key: &str) -> Option<NumericIdentity> {
+        self.by_labels.get(key).copied()
+    }
+
+    fn free(&mut self, key: &str) {
+        if let Some(id) = self.by_labels.remove(key) {
+            self.ids.release(id.get());
+        }
+    }
+
+    fn bounds(&self) -> (NumericIdentity, NumericIdentity) {
+        (
+            NumericIdentity::new(self.ids.first()),
+            NumericIdentity::new(self.ids.last()),
+        )
     }
 }
 
@@ -48,6 +102,7 @@ pub struct IdentityState {
     listing: Option<BTreeMap<NumericIdentity, Labels>>,
     synced: bool,
     in_process: Option<InProcessAllocator>,
+    local_scope_ids: InProcessAllocator,
 }
 
 impl IdentityState {
@@ -70,6 +125,7 @@ impl IdentityState {
             listing: None,
             synced: in_process.is_some(),
             in_process,
+            local_scope_ids: InProcessAllocator::local_scope(),
         }
     }
 
@@ -99,10 +155,13 @@ impl IdentityState {
         ReservedIdentity::from_labels(labels).map(ReservedIdentity::id)
     }
 
-    /// Local mode: allocates (or references) the identity of `labels`.
+    /// Local mode: allocates (or references) the identity of `labels`. A new label set gets
+    /// `preferred` if that id is free (a restored endpoint keeps its identity); labels that
+    /// already hold an identity keep it.
     pub fn allocate_in_process(
         &mut self,
         labels: &Labels,
+        preferred: Option<NumericIdentity>,
     ) -> Result<(AllocatedIdentity, Option<IdentitiesChanged>), IdentityError> {
         let cluster_id = self.cluster_id;
         let Some(allocator) = &mut self.in_process else {
@@ -110,22 +169,20 @@ impl IdentityState {
                 labels: labels.to_kvstore_string(),
             });
         };
-        let key = labels.to_kvstore_string();
-        if let Some(id) = allocator.by_labels.get(&key).copied() {
+        let (first, last) = allocator.bounds();
+        let (id, is_new) = allocator
+            .allocate(&labels.to_kvstore_string(), preferred)
+            .ok_or(IdentityError::RangeExhausted {
+                cluster_id,
+                first,
+                last,
+            })?;
+        if !is_new {
             *self.refs.entry(id).or_default() += 1;
-            return Ok((AllocatedIdentity { id, is_new: false }, None));
+            return Ok((AllocatedIdentity { id, is_new }, None));
         }
-        let range = cluster_id.identity_range();
-        let id = allocator.ids.allocate().map(NumericIdentity::new).ok_or(
-            IdentityError::RangeExhausted {
-                cluster_id: allocator.cluster_id,
-                first: *range.start(),
-                last: *range.end(),
-            },
-        )?;
-        allocator.by_labels.insert(key, id);
         let change = self.allocated(id, labels.clone());
-        Ok((AllocatedIdentity { id, is_new: true }, change))
+        Ok((AllocatedIdentity { id, is_new }, change))
     }
 
     /// Local mode: drops a reference; the last one frees the identity and publishes it gone.
@@ -137,7 +194,7 @@ impl IdentityState {
         let id = self
             .in_process
             .as_ref()
-            .and_then(|allocator| allocator.by_labels.get(&key).copied())
+            .and_then(|allocator| allocator.lookup(&key))
             .ok_or(IdentityError::NotAllocated {
                 labels: key.clone(),
             })?;
@@ -145,11 +202,55 @@ impl IdentityState {
             return Ok((false, None));
         }
         if let Some(allocator) = &mut self.in_process {
-            allocator.by_labels.remove(&key);
-            allocator.ids.release(id.get());
+            allocator.free(&key);
         }
         self.known.remove(&id);
         Ok((true, Some(removed(vec![id]))))
+    }
+
+    /// Takes a reference to the local-scope identity of `labels`, allocating it (with
+    /// `preferred` if that is free) on first use.
+    pub fn allocate_local_scope(
+        &mut self,
+        labels: &Labels,
+        preferred: Option<NumericIdentity>,
+    ) -> Result<(NumericIdentity, Option<IdentitiesChanged>), IdentityError> {
+        let (first, last) = self.local_scope_ids.bounds();
+        let (id, _) = self
+            .local_scope_ids
+            .allocate(&labels.to_kvstore_string(), preferred)
+            .ok_or(IdentityError::LocalScopeExhausted { first, last })?;
+        *self.refs.entry(id).or_default() += 1;
+        if self.local_scope.get(&id) == Some(labels) {
+            return Ok((id, None));
+        }
+        self.local_scope.insert(id, labels.clone());
+        Ok((id, Some(added(vec![(id, labels.clone())]))))
+    }
+
+    /// Drops a reference to the local-scope identity of `labels`; the last one frees it and
+    /// publishes it gone.
+    pub fn release_local_scope(
+        &mut self,
+        labels: &Labels,
+    ) -> Result<Option<IdentitiesChanged>, IdentityError> {
+        let key = labels.to_kvstore_string();
+        let id = self
+            .local_scope_ids
+            .lookup(&key)
+            .ok_or(IdentityError::NotAllocated {
+                labels: key.clone(),
+            })?;
+        if !self.unref(id) {
+            return Ok(None);
+        }
+        self.local_scope_ids.free(&key);
+        Ok(self.local_scope.remove(&id).map(|_| removed(vec![id])))
+    }
+
+    /// The local-scope identity of `labels`, if it has one.
+    pub fn local_scope_id(&self, labels: &Labels) -> Option<NumericIdentity> {
+        self.local_scope_ids.lookup(&labels.to_kvstore_string())
     }
 
     /// Records a reference to a cluster-wide identity (kvstore mode: the allocator answered;
@@ -163,35 +264,6 @@ impl IdentityState {
     /// until garbage collection removes it, which the master watch reports.
     pub fn released(&mut self, id: NumericIdentity) {
         self.unref(id);
-    }
-
-    /// Records a reference to a local-scope identity.
-    pub fn local_scope_allocated(
-        &mut self,
-        id: NumericIdentity,
-        labels: Labels,
-    ) -> Option<IdentitiesChanged> {
-        *self.refs.entry(id).or_default() += 1;
-        if self.local_scope.get(&id) == Some(&labels) {
-            return None;
-        }
-        self.local_scope.insert(id, labels.clone());
-        Some(added(vec![(id, labels)]))
-    }
-
-    /// Drops a reference to a local-scope identity; `last` says whether the allocator freed
-    /// it, which publishes it gone.
-    pub fn local_scope_released(
-        &mut self,
-        id: NumericIdentity,
-        last: bool,
-    ) -> Option<IdentitiesChanged> {
-        self.unref(id);
-        if !last {
-            return None;
-        }
-        self.refs.remove(&id);
-        self.local_scope.remove(&id).map(|_| removed(vec![id]))
     }
 
     /// A (re-)listing of the cluster's master keys begins.
@@ -415,7 +487,7 @@ mod tests {
     #[test]
     fn in_process_identities_are_refcounted_and_published() {
         let mut state = IdentityState::local(ClusterId::new(2));
-        let (a, change) = state.allocate_in_process(&labels("a")).unwrap();
+        let (a, change) = state.allocate_in_process(&labels("a"), None).unwrap();
         assert_eq!(
             a,
             AllocatedIdentity {
@@ -424,7 +496,7 @@ mod tests {
             }
         );
         assert_eq!(change, Some(added(vec![(a.id, labels("a"))])));
-        let (again, change) = state.allocate_in_process(&labels("a")).unwrap();
+        let (again, change) = state.allocate_in_process(&labels("a"), None).unwrap();
         assert_eq!(
             again,
             AllocatedIdentity {
@@ -446,7 +518,7 @@ mod tests {
             Err(IdentityError::NotAllocated { .. })
         ));
         // Next-fit: a new label set gets the next id, not the released one.
-        let (b, _) = state.allocate_in_process(&labels("b")).unwrap();
+        let (b, _) = state.allocate_in_process(&labels("b"), None).unwrap();
         assert_eq!(b.id, id((2 << 16) + 1));
         assert_eq!(state.lookup(b.id), Some(labels("b")));
         assert_eq!(state.lookup(a.id), None);
@@ -497,16 +569,63 @@ mod tests {
     #[test]
     fn local_scope_identities_come_and_go_with_their_references() {
         let mut state = IdentityState::kvstore(ClusterId::UNSET);
-        let cidr = NumericIdentity::MIN_LOCAL_SCOPE;
         let l = Labels::for_cidr("10.0.0.0/8".parse().unwrap(), false);
-        assert!(state.local_scope_allocated(cidr, l.clone()).is_some());
-        assert!(state.local_scope_allocated(cidr, l.clone()).is_none());
-        assert!(state.local_scope_released(cidr, false).is_none());
+        let (cidr, change) = state.allocate_local_scope(&l, None).unwrap();
+        assert_eq!(cidr, NumericIdentity::MIN_LOCAL_SCOPE);
+        assert_eq!(change, Some(added(vec![(cidr, l.clone())])));
+        assert_eq!(state.allocate_local_scope(&l, None).unwrap(), (cidr, None));
+        assert_eq!(state.local_scope_id(&l), Some(cidr));
+        assert_eq!(state.release_local_scope(&l).unwrap(), None);
         assert_eq!(
-            state.local_scope_released(cidr, true),
+            state.release_local_scope(&l).unwrap(),
             Some(removed(vec![cidr]))
         );
         assert!(state.references().is_empty());
+        assert!(matches!(
+            state.release_local_scope(&l),
+            Err(IdentityError::NotAllocated { .. })
+        ));
+    }
+
+    #[test]
+    fn preferred_ids_are_taken_when_free_or_already_bound() {
+        let mut state = IdentityState::local(ClusterId::UNSET);
+        // Restored in another order than they were created: each keeps its id.
+        let (b, _) = state
+            .allocate_in_process(&labels("b"), Some(id(257)))
+            .unwrap();
+        let (a, _) = state
+            .allocate_in_process(&labels("a"), Some(id(256)))
+            .unwrap();
+        assert_eq!((a.id, b.id), (id(256), id(257)));
+        // Bound to the same labels: the same id, one more reference.
+        let (again, change) = state
+            .allocate_in_process(&labels("a"), Some(id(256)))
+            .unwrap();
+        assert_eq!((again.id, again.is_new, change), (id(256), false, None));
+        // Taken by other labels, or outside the cluster's range: the next free id.
+        let (c, _) = state
+            .allocate_in_process(&labels("c"), Some(id(256)))
+            .unwrap();
+        assert_eq!(c.id, id(258));
+        let (d, _) = state
+            .allocate_in_process(&labels("d"), Some(id(100)))
+            .unwrap();
+        assert_eq!(d.id, id(259));
+        // Labels that hold an identity keep it whatever is preferred.
+        let (b_again, _) = state
+            .allocate_in_process(&labels("b"), Some(id(300)))
+            .unwrap();
+        assert_eq!(b_again.id, id(257));
+
+        let cidr = Labels::for_cidr("10.0.0.0/8".parse().unwrap(), false);
+        let wanted = NumericIdentity::new(NumericIdentity::MIN_LOCAL_SCOPE.get() + 41);
+        let (got, _) = state.allocate_local_scope(&cidr, Some(wanted)).unwrap();
+        assert_eq!(got, wanted);
+        // A cluster id is not a local-scope id.
+        let other = Labels::for_cidr("10.1.0.0/16".parse().unwrap(), false);
+        let (got, _) = state.allocate_local_scope(&other, Some(id(260))).unwrap();
+        assert!(got.is_local_scope());
     }
 
     #[test]

@@ -72,16 +72,6 @@ impl FileIpamStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    fn temp_path(&self) -> PathBuf {
-        let mut name = self
-            .path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        name.push(".tmp");
-        self.path.with_file_name(name)
-    }
 }
 
 impl IpamStore for FileIpamStore {
@@ -101,23 +91,46 @@ impl IpamStore for FileIpamStore {
 
     fn save(&mut self, snapshot: &IpamSnapshot) -> Result<(), IpamStoreError> {
         let data = serde_json::to_vec_pretty(snapshot).map_err(IpamStoreError::Encode)?;
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        fs::create_dir_all(&dir).map_err(io_error("creating directory", &dir))?;
-        let temp = self.temp_path();
-        let mut file = File::create(&temp).map_err(io_error("creating", &temp))?;
-        file.write_all(&data)
-            .and_then(|()| file.sync_all())
-            .map_err(io_error("writing", &temp))?;
-        drop(file);
-        fs::rename(&temp, &self.path).map_err(io_error("renaming into place", &self.path))?;
-        // The rename is durable only once the directory entry is on disk.
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error("syncing directory", &dir))
+        replace_file(&self.path, &data).map_err(|(op, path, source)| IpamStoreError::Io {
+            op,
+            path,
+            source,
+        })
     }
+}
+
+/// Replaces `path` with `data` atomically: a temporary file next to it, synced, renamed over
+/// it, and the directory synced, so a crash leaves the old or the new content, never a torn
+/// file. On failure: the operation, the path it failed on, and the error.
+pub(crate) fn replace_file(
+    path: &Path,
+    data: &[u8],
+) -> Result<(), (&'static str, PathBuf, io::Error)> {
+    let fail = |op: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |err: io::Error| (op, path, err)
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(fail("creating directory", &dir))?;
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    let temp = path.with_file_name(name);
+    let mut file = File::create(&temp).map_err(fail("creating", &temp))?;
+    file.write_all(data)
+        .and_then(|()| file.sync_all())
+        .map_err(fail("writing", &temp))?;
+    drop(file);
+    fs::rename(&temp, path).map_err(fail("renaming into place", path))?;
+    // The rename is durable only once the directory entry is on disk.
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail("syncing directory", &dir))
 }
 
 fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> IpamStoreError {

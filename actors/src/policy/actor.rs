@@ -6,7 +6,11 @@
 //! endpoint in order (an older full map can never overwrite a newer one, whatever the
 //! mailbox does when it is full); an endpoint that changes again while it waits in the queue
 //! is sent once, with its latest entries. The acknowledgement of a send is what moves the
-//! endpoint's realized revision, which [`PolicyWait`] waits for.
+//! endpoint's realized revision, which [`PolicyWait`] and [`EndpointPolicyWait`] wait for.
+//!
+//! Rule changes are persisted before they are applied: the change is planned, the resulting
+//! rule set saved to the [`PolicyStore`], and only then committed, so a failed save leaves
+//! both the repository and the store as they were.
 
 use std::collections::BTreeMap;
 
@@ -18,12 +22,24 @@ use datapath::reconciler::messages::SetEndpointPolicy;
 use tokio::sync::oneshot;
 
 use super::messages::{
-    CidrIdentitiesWanted, Dump, EndpointPolicyWanted, EndpointRemoved, IdentityAdded,
-    IdentityRemoved, PolicyDelete, PolicyDeleted, PolicyError, PolicyImport, PolicyWait, Revision,
+    CidrIdentitiesWanted, Dump, EndpointPolicyWait, EndpointPolicyWanted, EndpointRemoved,
+    IdentityAdded, IdentityRemoved, PolicyDelete, PolicyDeleted, PolicyError, PolicyImport,
+    PolicySnapshot, PolicyWait, Revision,
 };
-use super::state::{Effect, PolicyState};
+use super::state::{Effect, PendingChange, PolicyState};
+use super::store::{MemoryPolicyStore, PolicyStore};
+use crate::identity::IdentitiesChanged;
 
 type Waiter = oneshot::Sender<Result<Revision, PolicyError>>;
+
+/// What a waiter waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaited {
+    /// Every endpoint of the node ([`PolicyWait`]).
+    Node,
+    /// One endpoint ([`EndpointPolicyWait`]).
+    Endpoint(EndpointId),
+}
 
 /// The policy repository actor.
 #[derive(Debug)]
@@ -31,15 +47,19 @@ pub struct PolicyRepository {
     state: PolicyState,
     datapath: Recipient<SetEndpointPolicy>,
     cidr_identities: Recipient<CidrIdentitiesWanted>,
+    store: Box<dyn PolicyStore>,
+    /// Effects of the rules restored at construction, carried out once the actor runs.
+    restored: Vec<Effect>,
     /// Endpoints with an update to send: the latest sequence number and its revision.
     outbox: BTreeMap<EndpointId, (u64, Revision)>,
     sending: bool,
-    waiters: Vec<(Revision, Waiter)>,
+    waiters: Vec<(Awaited, Revision, Waiter)>,
 }
 
 impl PolicyRepository {
     /// The actor over `state`, sending endpoint policies to `datapath` and CIDR identity
-    /// requests to `cidr_identities`.
+    /// requests to `cidr_identities`. Rules are kept in memory only (a fresh
+    /// [`MemoryPolicyStore`]); an agent uses [`Self::with_store`].
     pub fn new(
         state: PolicyState,
         datapath: Recipient<SetEndpointPolicy>,
@@ -49,10 +69,54 @@ impl PolicyRepository {
             state,
             datapath,
             cidr_identities,
+            store: Box::new(MemoryPolicyStore::new()),
+            restored: Vec::new(),
             outbox: BTreeMap::new(),
             sending: false,
             waiters: Vec::new(),
         }
+    }
+
+    /// The actor over `state` (which should hold no rules yet) with the rules and revision
+    /// `store` saved, persisting every later change there. The CIDR identities the restored
+    /// rules need are requested when the actor starts.
+    pub fn with_store(
+        mut state: PolicyState,
+        mut store: Box<dyn PolicyStore>,
+        datapath: Recipient<SetEndpointPolicy>,
+        cidr_identities: Recipient<CidrIdentitiesWanted>,
+    ) -> Result<Self, PolicyError> {
+        let restored = match store.load().map_err(PolicyError::Load)? {
+            Some(snapshot) => {
+                let rules = snapshot.rules.len();
+                let effects = state
+                    .restore(snapshot)
+                    .map_err(|err| PolicyError::Restore(Box::new(err)))?;
+                tracing::info!(rules, revision = %state.revision(), "policy rules restored");
+                effects
+            }
+            None => Vec::new(),
+        };
+        let mut actor = Self::new(state, datapath, cidr_identities);
+        actor.store = store;
+        actor.restored = restored;
+        Ok(actor)
+    }
+
+    /// Persists the rule set `change` leads to, then applies it.
+    fn persist_and_commit(
+        &mut self,
+        change: PendingChange,
+        ctx: &mut Context<Self>,
+    ) -> Result<(Revision, usize), PolicyError> {
+        let snapshot = PolicySnapshot {
+            revision: self.state.revision().next(),
+            rules: self.state.rules_after(&change),
+        };
+        self.store.save(&snapshot).map_err(PolicyError::Persist)?;
+        let (revision, removed, effects) = self.state.commit(change);
+        self.dispatch(effects, ctx);
+        Ok((revision, removed))
     }
 
     fn dispatch(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
@@ -120,28 +184,71 @@ impl PolicyRepository {
         if self.waiters.is_empty() {
             return;
         }
-        let realized = self.state.realized_revision();
-        let (ready, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
-            .into_iter()
-            .partition(|(revision, _)| *revision <= realized);
-        self.waiters = pending;
-        for (_, waiter) in ready {
+        let mut pending = Vec::new();
+        for (awaited, revision, waiter) in std::mem::take(&mut self.waiters) {
+            let answer = match self.realized(awaited) {
+                Ok(realized) if realized < revision => {
+                    pending.push((awaited, revision, waiter));
+                    continue;
+                }
+                answer => answer,
+            };
             // The asker may have given up waiting; nothing to do then.
-            let _ = waiter.send(Ok(realized));
+            let _ = waiter.send(answer);
         }
+        self.waiters = pending;
+    }
+
+    fn realized(&self, awaited: Awaited) -> Result<Revision, PolicyError> {
+        match awaited {
+            Awaited::Node => Ok(self.state.realized_revision()),
+            Awaited::Endpoint(endpoint) => self
+                .state
+                .endpoint_realized_revision(endpoint)
+                .ok_or(PolicyError::UnknownEndpoint { endpoint }),
+        }
+    }
+
+    /// Answers once `awaited` has realized `revision`.
+    fn wait(&mut self, awaited: Awaited, revision: Revision) -> WaitAnswer {
+        let current = self.state.revision();
+        if revision > current {
+            let error = PolicyError::FutureRevision {
+                requested: revision,
+                current,
+            };
+            return Box::pin(async move { Err(error) });
+        }
+        match self.realized(awaited) {
+            Ok(realized) if realized < revision => {}
+            answer => return Box::pin(async move { answer }),
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push((awaited, revision, tx));
+        Box::pin(async move {
+            rx.await
+                .unwrap_or(Err(PolicyError::WaitCancelled { revision }))
+        })
     }
 }
 
+type WaitAnswer = ResponseFuture<Result<Revision, PolicyError>>;
+
 impl Actor for PolicyRepository {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let restored = std::mem::take(&mut self.restored);
+        self.dispatch(restored, ctx);
+    }
 }
 
 impl Handler<PolicyImport> for PolicyRepository {
     type Result = Result<Revision, PolicyError>;
 
     fn handle(&mut self, msg: PolicyImport, ctx: &mut Context<Self>) -> Self::Result {
-        let (revision, effects) = self.state.import(msg.source)?;
-        self.dispatch(effects, ctx);
+        let change = self.state.prepare_import(msg.source)?;
+        let (revision, _) = self.persist_and_commit(change, ctx)?;
         Ok(revision)
     }
 }
@@ -150,9 +257,27 @@ impl Handler<PolicyDelete> for PolicyRepository {
     type Result = Result<PolicyDeleted, PolicyError>;
 
     fn handle(&mut self, msg: PolicyDelete, ctx: &mut Context<Self>) -> Self::Result {
-        let (revision, deleted, effects) = self.state.delete(&msg.labels)?;
-        self.dispatch(effects, ctx);
+        let change = self.state.prepare_delete(&msg.labels)?;
+        let (revision, deleted) = self.persist_and_commit(change, ctx)?;
         Ok(PolicyDeleted { revision, deleted })
+    }
+}
+
+impl Handler<IdentitiesChanged> for PolicyRepository {
+    type Result = ();
+
+    /// The identity actor's announcements, taken directly (the agent subscribes the
+    /// repository to the identity actor). Removals go first: an id both removed and added in
+    /// one change is a relabelled identity, which must end up with its new labels.
+    fn handle(&mut self, msg: IdentitiesChanged, ctx: &mut Context<Self>) {
+        let mut effects = Vec::new();
+        if !msg.removed.is_empty() {
+            effects.extend(self.state.remove_identities(msg.removed));
+        }
+        if !msg.added.is_empty() {
+            effects.extend(self.state.upsert_identities(msg.added));
+        }
+        self.dispatch(effects, ctx);
     }
 }
 
@@ -196,28 +321,18 @@ impl Handler<EndpointRemoved> for PolicyRepository {
 }
 
 impl Handler<PolicyWait> for PolicyRepository {
-    type Result = ResponseFuture<Result<Revision, PolicyError>>;
+    type Result = WaitAnswer;
 
     fn handle(&mut self, msg: PolicyWait, _ctx: &mut Context<Self>) -> Self::Result {
-        let current = self.state.revision();
-        if msg.revision > current {
-            let error = PolicyError::FutureRevision {
-                requested: msg.revision,
-                current,
-            };
-            return Box::pin(async move { Err(error) });
-        }
-        let realized = self.state.realized_revision();
-        if msg.revision <= realized {
-            return Box::pin(async move { Ok(realized) });
-        }
-        let (tx, rx) = oneshot::channel();
-        self.waiters.push((msg.revision, tx));
-        let revision = msg.revision;
-        Box::pin(async move {
-            rx.await
-                .unwrap_or(Err(PolicyError::WaitCancelled { revision }))
-        })
+        self.wait(Awaited::Node, msg.revision)
+    }
+}
+
+impl Handler<EndpointPolicyWait> for PolicyRepository {
+    type Result = WaitAnswer;
+
+    fn handle(&mut self, msg: EndpointPolicyWait, _ctx: &mut Context<Self>) -> Self::Result {
+        self.wait(Awaited::Endpoint(msg.endpoint), msg.revision)
     }
 }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::selector_cache::SelectorId;
 use super::state::EnforcementMode;
+use super::store::PolicyStoreError;
 
 /// The policy repository's revision: it starts at 1 and grows by one with every change of
 /// the rule set (import or delete), as upstream's repository revision does. Identity changes
@@ -100,6 +101,16 @@ pub enum PolicyError {
     },
     #[error("the policy repository stopped before revision {revision} was realized")]
     WaitCancelled { revision: Revision },
+    #[error("endpoint {endpoint} is not known to the policy repository")]
+    UnknownEndpoint { endpoint: EndpointId },
+    /// Persisting the rules failed; the change was not applied.
+    #[error("the policy rules could not be persisted, nothing changed")]
+    Persist(#[source] PolicyStoreError),
+    #[error("the persisted policy rules could not be loaded")]
+    Load(#[source] PolicyStoreError),
+    /// A persisted rule no longer imports (for example after an upgrade narrowed support).
+    #[error("the persisted policy rules could not be restored")]
+    Restore(#[source] Box<PolicyError>),
 }
 
 /// Where imported rules come from.
@@ -193,6 +204,26 @@ pub struct PolicyWait {
     pub revision: Revision,
 }
 
+/// Waits until one endpoint's policy at `revision` (or later) has been handed to the
+/// datapath; answers with the revision the endpoint has realized. Unlike [`PolicyWait`] it
+/// does not wait behind other endpoints, so a pod's creation is not slowed by a busy
+/// neighbour. Fails for a revision the repository has not reached and for an endpoint it does
+/// not know (or that is removed while waiting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "Result<Revision, PolicyError>")]
+pub struct EndpointPolicyWait {
+    pub endpoint: EndpointId,
+    pub revision: Revision,
+}
+
+/// What the policy store persists: the rules with their labels, in import order, and the
+/// revision they were at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicySnapshot {
+    pub revision: Revision,
+    pub rules: Vec<Rule>,
+}
+
 /// Asks for a snapshot of the repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "PolicyDump")]
@@ -205,7 +236,8 @@ pub struct Dump;
 /// into the ipcache so that traffic to those addresses carries that identity. The identity
 /// side does the same on this message: allocate (or release) a local identity with
 /// [`Labels::for_cidr`], upsert (or delete) the ipcache entry, and announce the identity back
-/// with [`IdentityAdded`] (or [`IdentityRemoved`]), which is when CIDR selectors start (or
+/// with `IdentitiesChanged` (the identity actor handles this message itself, see
+/// `crate::identity`), which is when CIDR selectors start (or
 /// stop) selecting it. Except prefixes get identities too, so that their addresses resolve
 /// to an identity the CIDR selector excludes rather than to the broader allowed prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Message)]

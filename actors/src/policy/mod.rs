@@ -11,8 +11,12 @@
 //!   the datapath has realized.
 //!
 //! # Messages
-//! Receives [`PolicyImport`], [`PolicyDelete`], [`IdentityAdded`], [`IdentityRemoved`],
-//! [`EndpointPolicyWanted`], [`EndpointRemoved`], [`PolicyWait`] and [`Dump`]. Sends
+//! Receives [`PolicyImport`], [`PolicyDelete`], the identity actor's
+//! [`IdentitiesChanged`](crate::identity::IdentitiesChanged) (subscribe the repository to it
+//! directly), [`EndpointPolicyWanted`], [`EndpointRemoved`], [`PolicyWait`] (node-wide),
+//! [`EndpointPolicyWait`] (one endpoint) and [`Dump`]; [`IdentityAdded`] and
+//! [`IdentityRemoved`] carry one half of an identity change each, for sources that are not
+//! the identity actor. Sends
 //! `SetEndpointPolicy` (the endpoint's full entry set) to the Datapath actor and
 //! [`CidrIdentitiesWanted`] to the identity side, each through a `Recipient`.
 //!
@@ -24,13 +28,16 @@
 //!   that covers it (the datapath prefers deny only across its two lookups).
 //! - A direction that is not enforced carries the allow-all entry (identity 0, any protocol,
 //!   any port), because the datapath drops what no entry allows.
-//! - Import and delete are all or nothing.
+//! - Import and delete are all or nothing, and persisted ([`store`]) before they apply: the
+//!   repository never holds a rule set its store does not, so a restarted agent resolves
+//!   every endpoint to the entries it had.
 //!
 //! # Layout
 //! - [`state`]: the state machine ([`PolicyState`]), no IO;
 //! - `rules`: rule -> selectors and protocol/port pairs (entity, CIDR, port semantics);
 //! - `selector_cache`: identities and selector selections;
 //! - `resolve`: one endpoint's entries and their incremental upkeep;
+//! - [`store`]: where the rules survive a restart;
 //! - [`messages`]: messages, errors, the dump;
 //! - [`actor`]: the actix glue.
 
@@ -40,13 +47,20 @@ mod resolve;
 mod rules;
 mod selector_cache;
 pub mod state;
+pub mod store;
 
 pub use actor::PolicyRepository;
 pub use messages::{
-    CidrIdentitiesWanted, Dump, EndpointDump, EndpointPolicyWanted, EndpointRemoved, IdentityAdded,
-    IdentityRemoved, NamedPort, PolicyDelete, PolicyDeleted, PolicyDump, PolicyError, PolicyImport,
-    PolicySource, PolicyWait, Revision, RuleDump, SelectorDump, policy_name_labels,
+    CidrIdentitiesWanted, Dump, EndpointDump, EndpointPolicyWait, EndpointPolicyWanted,
+    EndpointRemoved, IdentityAdded, IdentityRemoved, NamedPort, PolicyDelete, PolicyDeleted,
+    PolicyDump, PolicyError, PolicyImport, PolicySnapshot, PolicySource, PolicyWait, Revision,
+    RuleDump, SelectorDump, policy_name_labels,
 };
 pub use resolve::PolicyDelta;
 pub use selector_cache::SelectorId;
-pub use state::{Effect, EnforcementMode, PolicyConfig, PolicyState, UnknownEnforcementMode};
+pub use state::{
+    Effect, EnforcementMode, PendingChange, PolicyConfig, PolicyState, UnknownEnforcementMode,
+};
+pub use store::{
+    FilePolicyStore, MemoryPolicyStore, POLICY_STATE_FILE, PolicyStore, PolicyStoreError,
+};

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::messages::{
     CidrIdentitiesWanted, EndpointDump, EndpointPolicyWanted, NamedPort, PolicyDump, PolicyError,
-    PolicySource, Revision, RuleDump, SelectorDump,
+    PolicySnapshot, PolicySource, Revision, RuleDump, SelectorDump,
 };
 use super::resolve::{EndpointPolicy, Peer, PolicyDelta, Term};
 use super::rules::{L4, PlanContext, RulePlan, plan_rule};
@@ -133,6 +133,16 @@ pub enum Effect {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct RuleId(u64);
+
+/// A validated rule change, planned but not applied ([`PolicyState::prepare_import`],
+/// [`PolicyState::prepare_delete`]); [`PolicyState::commit`] applies it. Valid only for the
+/// state that prepared it, before any other change.
+#[derive(Debug)]
+pub struct PendingChange {
+    remove: Vec<RuleId>,
+    add: Vec<(Rule, RulePlan)>,
+    is_delete: bool,
+}
 
 /// One section of a stored rule, with interned peers.
 #[derive(Debug)]
@@ -244,9 +254,35 @@ impl PolicyState {
             .unwrap_or(self.revision)
     }
 
+    /// The revision one endpoint has realized (0 before its first acknowledgement); `None`
+    /// for an endpoint the repository does not know.
+    pub fn endpoint_realized_revision(&self, endpoint: EndpointId) -> Option<Revision> {
+        self.endpoints
+            .get(&endpoint)
+            .map(|ep| ep.realized().unwrap_or_default())
+    }
+
     /// Imports rules, replacing earlier rules of the same policy (see [`PolicySource`]).
     /// All or nothing: on error the repository is unchanged.
     pub fn import(&mut self, source: PolicySource) -> Result<(Revision, Vec<Effect>), PolicyError> {
+        let change = self.prepare_import(source)?;
+        let (revision, _, effects) = self.commit(change);
+        Ok((revision, effects))
+    }
+
+    /// Deletes every rule that has all of `labels` (every rule for no labels). Returns the new
+    /// revision and how many rules went; deleting nothing is [`PolicyError::NotFound`].
+    pub fn delete(
+        &mut self,
+        labels: &[Label],
+    ) -> Result<(Revision, usize, Vec<Effect>), PolicyError> {
+        let change = self.prepare_delete(labels)?;
+        Ok(self.commit(change))
+    }
+
+    /// Validates and plans an import without applying it, so the caller can persist the
+    /// outcome ([`Self::rules_after`]) before the repository changes.
+    pub fn prepare_import(&self, source: PolicySource) -> Result<PendingChange, PolicyError> {
         let ctx = PlanContext {
             cluster: &self.config.cluster_name,
             dual_stack: self.config.dual_stack,
@@ -311,23 +347,16 @@ impl PolicyState {
                     .collect()
             }
         };
-        let added = planned.len();
-        let effects = self.change_rules(replaced.clone(), planned);
-        tracing::info!(
-            revision = %self.revision,
-            added,
-            replaced = replaced.len(),
-            "policy rules imported"
-        );
-        Ok((self.revision, effects))
+        Ok(PendingChange {
+            remove: replaced,
+            add: planned,
+            is_delete: false,
+        })
     }
 
-    /// Deletes every rule that has all of `labels` (every rule for no labels). Returns the new
-    /// revision and how many rules went; deleting nothing is [`PolicyError::NotFound`].
-    pub fn delete(
-        &mut self,
-        labels: &[Label],
-    ) -> Result<(Revision, usize, Vec<Effect>), PolicyError> {
+    /// Finds the rules a delete would remove, without removing them; deleting nothing is
+    /// [`PolicyError::NotFound`].
+    pub fn prepare_delete(&self, labels: &[Label]) -> Result<PendingChange, PolicyError> {
         let doomed: Vec<RuleId> = self
             .rules
             .iter()
@@ -343,10 +372,60 @@ impl PolicyState {
                     .join(", "),
             });
         }
-        let count = doomed.len();
-        let effects = self.change_rules(doomed, Vec::new());
-        tracing::info!(revision = %self.revision, deleted = count, "policy rules deleted");
-        Ok((self.revision, count, effects))
+        Ok(PendingChange {
+            remove: doomed,
+            add: Vec::new(),
+            is_delete: true,
+        })
+    }
+
+    /// The rules, in import order, as they will be once `change` is committed.
+    pub fn rules_after(&self, change: &PendingChange) -> Vec<Rule> {
+        self.rules
+            .iter()
+            .filter(|(id, _)| !change.remove.contains(id))
+            .map(|(_, stored)| stored.rule.clone())
+            .chain(change.add.iter().map(|(rule, _)| rule.clone()))
+            .collect()
+    }
+
+    /// Applies a prepared change as one revision. Returns the new revision, how many rules
+    /// were removed, and the effects.
+    pub fn commit(&mut self, change: PendingChange) -> (Revision, usize, Vec<Effect>) {
+        let PendingChange {
+            remove,
+            add,
+            is_delete,
+        } = change;
+        let removed = remove.len();
+        let added = add.len();
+        let effects = self.change_rules(remove, add);
+        if is_delete {
+            tracing::info!(revision = %self.revision, deleted = removed, "policy rules deleted");
+        } else {
+            tracing::info!(
+                revision = %self.revision,
+                added,
+                replaced = removed,
+                "policy rules imported"
+            );
+        }
+        (self.revision, removed, effects)
+    }
+
+    /// Loads persisted rules into a repository that has none yet, as one change, and moves
+    /// to the persisted revision (if it is ahead), so revisions keep growing across agent
+    /// restarts and a restored repository answers with the revision it had.
+    pub fn restore(&mut self, snapshot: PolicySnapshot) -> Result<Vec<Effect>, PolicyError> {
+        let change = self.prepare_import(PolicySource::Rules(snapshot.rules))?;
+        let (_, _, effects) = self.commit(change);
+        if snapshot.revision > self.revision {
+            self.revision = snapshot.revision;
+            for ep in self.endpoints.values_mut() {
+                ep.revision = snapshot.revision;
+            }
+        }
+        Ok(effects)
     }
 
     /// Identities appeared or changed labels.

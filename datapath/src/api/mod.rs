@@ -31,6 +31,7 @@ mod error;
 mod ids;
 mod ipcache;
 mod lb;
+mod link;
 mod lxc;
 mod policy;
 
@@ -47,6 +48,9 @@ pub use ipcache::{IPCACHE_STATIC_PREFIX_BITS, IpcacheKey, RemoteEndpointInfo};
 pub use lb::{
     Backend4Value, BackendSelection, BackendState, Frontend, RevNat4Value, Service4Key,
     Service4Value, ServiceFlags, ServiceScope,
+};
+pub use link::{
+    EndpointLinkInfo, EndpointLinkSpec, EndpointLinks, LinkError, MAX_IFNAME_LEN, validate_ifname,
 };
 pub use lxc::{EndpointInfo, EndpointKey};
 pub use policy::{
