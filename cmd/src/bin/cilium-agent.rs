@@ -1,0 +1,383 @@
+//! `cilium-agent`: the per-node daemon. Parses the flags of DESIGN 4.1, mounts bpffs if
+//! needed, loads the datapath, starts the actors (`cilium_cmd::daemon`), serves the REST API
+//! on the unix socket and Prometheus metrics, and stops on SIGTERM/SIGINT without tearing the
+//! datapath down: programs, links and maps stay pinned and keep enforcing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::identity::IdentityBackend;
+use actors::policy::EnforcementMode;
+use anyhow::{Context as _, anyhow, bail};
+use cilium_cmd::daemon::{AgentConfig, KvstoreMode, start_agent};
+use cilium_cmd::{metrics, server};
+use clap::{Parser, ValueEnum};
+use datapath::{KernelDatapath, LoadOptions};
+use ipnet::Ipv4Net;
+use kvstore::Backend;
+use kvstore::allocator::IdentityAllocator;
+use kvstore::config::EtcdConfig;
+use kvstore::etcd::EtcdBackend;
+use model::identity::{ClusterId, ClusterName};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// The kvstore lease of this agent's keys (upstream's default `--kvstore-lease-ttl`).
+const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
+/// `statfs` magic of a bpffs mount.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Ipam {
+    #[value(name = "host-scope")]
+    HostScope,
+    #[value(name = "cluster-pool")]
+    ClusterPool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RoutingMode {
+    Native,
+    Tunnel,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cilium-agent",
+    version,
+    about = "Cilium agent: CNI, identities, policy and load balancing on one node"
+)]
+struct Flags {
+    /// This node's name.
+    #[arg(long)]
+    node_name: Option<String>,
+    #[arg(long, default_value = "default")]
+    cluster_name: String,
+    /// 0-255; 1-255 in a cluster mesh.
+    #[arg(long, default_value_t = 0)]
+    cluster_id: u8,
+    /// Empty: identities are allocated locally; `etcd`: cluster-wide through etcd.
+    #[arg(long, default_value = "")]
+    kvstore: String,
+    /// `etcd.config=FILE` (YAML with `endpoints`, optional TLS files); repeatable.
+    #[arg(long = "kvstore-opt")]
+    kvstore_opt: Vec<String>,
+    #[arg(long, value_enum, default_value = "host-scope")]
+    ipam: Ipam,
+    /// This node's pod CIDR.
+    #[arg(long)]
+    ipv4_range: Option<Ipv4Net>,
+    #[arg(long, default_value = cilium_cmd::client::DEFAULT_SOCKET)]
+    socket_path: PathBuf,
+    #[arg(long, default_value = "/var/run/cilium")]
+    state_dir: PathBuf,
+    /// The bpffs mount; mounted if missing.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    bpf_root: PathBuf,
+    /// Native devices (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<String>,
+    #[arg(long, value_enum, default_value = "native")]
+    routing_mode: RoutingMode,
+    /// default, always or never.
+    #[arg(long, default_value = "default")]
+    enable_policy: EnforcementMode,
+    #[arg(long)]
+    enable_hubble: bool,
+    #[arg(long, default_value = ":4244")]
+    hubble_listen_address: String,
+    /// One etcd config file per remote cluster, file name = cluster name.
+    #[arg(long)]
+    clustermesh_config: Option<PathBuf>,
+    /// Empty disables metrics.
+    #[arg(long, default_value = ":9962")]
+    prometheus_serve_addr: String,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Mounts bpffs at `root` unless a bpffs is already mounted there.
+fn ensure_bpffs(root: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root)
+        .with_context(|| format!("cannot create the bpf root {}: run as root", root.display()))?;
+    let stat = nix::sys::statfs::statfs(root)
+        .with_context(|| format!("cannot inspect the bpf root {}", root.display()))?;
+    #[allow(clippy::unnecessary_cast)] // the field's type differs between libc targets
+    if stat.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpffs"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!(
+            "bpffs not mountable at {}: run as root (CAP_SYS_ADMIN) or mount it first with \
+             `mount -t bpf bpffs {}`",
+            root.display(),
+            root.display()
+        )
+    })?;
+    tracing::info!(root = %root.display(), "mounted bpffs");
+    Ok(())
+}
+
+fn kvstore_opts(opts: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    opts.iter()
+        .map(|opt| {
+            opt.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow!("--kvstore-opt {opt:?} is not KEY=VALUE (etcd.config=FILE)"))
+        })
+        .collect()
+}
+
+/// Connects to etcd, takes the agent's lease and keeps it alive, and starts the identity
+/// allocator on it.
+async fn connect_kvstore(
+    flags: &Flags,
+    node_name: &str,
+    cluster_id: ClusterId,
+) -> anyhow::Result<(IdentityBackend, KvstoreMode)> {
+    let config = EtcdConfig::from_kvstore_opts(kvstore_opts(&flags.kvstore_opt)?)
+        .context("invalid --kvstore-opt: pass etcd.config=FILE with an endpoints list")?;
+    let endpoints = config.endpoints.clone();
+    let etcd = EtcdBackend::connect(&config).await.with_context(|| {
+        format!("cannot connect to etcd at {endpoints:?}: is etcd running and reachable?")
+    })?;
+    let backend: Arc<dyn Backend> = Arc::new(etcd);
+    let lease = backend
+        .grant_lease(LEASE_TTL)
+        .await
+        .context("cannot take a lease from etcd")?;
+    let allocator = Arc::new(
+        IdentityAllocator::new(
+            Arc::clone(&backend),
+            cluster_id,
+            node_name.to_owned(),
+            lease,
+            std::process::id().into(),
+        )
+        .await
+        .context("cannot list the cluster's identities in etcd")?,
+    );
+    tokio::spawn(keep_lease_alive(
+        Arc::clone(&backend),
+        Arc::clone(&allocator),
+        lease,
+    ));
+    Ok((
+        IdentityBackend::Kvstore { allocator, backend },
+        KvstoreMode::Etcd { endpoints },
+    ))
+}
+
+/// Renews the lease at a third of its lifetime; a lost lease is replaced and the allocator's
+/// keys are written again with the new one.
+async fn keep_lease_alive(
+    backend: Arc<dyn Backend>,
+    allocator: Arc<IdentityAllocator>,
+    mut lease: kvstore::LeaseId,
+) {
+    let period = LEASE_TTL / 3;
+    loop {
+        tokio::time::sleep(period).await;
+        match backend.keep_alive(lease).await {
+            Ok(_) => continue,
+            Err(kvstore::Error::LeaseNotFound(_)) => {}
+            Err(error) => {
+                tracing::warn!(%error, "kvstore lease renewal failed; retrying");
+                continue;
+            }
+        }
+        match backend.grant_lease(LEASE_TTL).await {
+            Ok(new_lease) => {
+                lease = new_lease;
+                match allocator.resync(new_lease).await {
+                    Ok(keys) => tracing::info!(keys, "kvstore lease replaced, keys rewritten"),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot rewrite keys under the new lease")
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot take a new kvstore lease; retrying"),
+        }
+    }
+}
+
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    let node_name = match &flags.node_name {
+        Some(name) => name.clone(),
+        None => nix::unistd::gethostname()
+            .context("cannot read the hostname: pass --node-name")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let cluster_name = ClusterName::new(flags.cluster_name.clone())
+        .with_context(|| format!("invalid --cluster-name {:?}", flags.cluster_name))?;
+    let cluster_id = ClusterId::new(flags.cluster_id);
+    if flags.ipam == Ipam::ClusterPool && flags.ipv4_range.is_none() {
+        bail!(
+            "--ipam cluster-pool without --ipv4-range needs the operator to assign the pod CIDR, \
+             which this agent cannot wait for yet: pass --ipv4-range"
+        );
+    }
+    if flags.routing_mode == RoutingMode::Tunnel {
+        bail!("--routing-mode tunnel is not supported yet: use --routing-mode native");
+    }
+    if flags.clustermesh_config.is_some() {
+        tracing::warn!("--clustermesh-config is not supported yet and is ignored");
+    }
+    if !flags.devices.is_empty() {
+        tracing::info!(devices = ?flags.devices, "native devices");
+    }
+    std::fs::create_dir_all(&flags.state_dir).with_context(|| {
+        format!(
+            "cannot create --state-dir {}: run as root or choose a writable directory",
+            flags.state_dir.display()
+        )
+    })?;
+
+    let (identity_backend, kvstore) = match flags.kvstore.as_str() {
+        "" => (IdentityBackend::Local, KvstoreMode::Disabled),
+        "etcd" => connect_kvstore(&flags, &node_name, cluster_id).await?,
+        other => bail!("--kvstore {other:?} is not supported: use etcd or leave it empty"),
+    };
+
+    ensure_bpffs(&flags.bpf_root)?;
+    let load = LoadOptions {
+        bpf_root: Some(flags.bpf_root.clone()),
+        ..LoadOptions::default()
+    };
+    let map_dir = load
+        .pin_dir()
+        .unwrap_or_else(|| flags.bpf_root.join("tc/globals"));
+    let kernel = KernelDatapath::load(&load).with_context(|| {
+        format!(
+            "cannot load the BPF datapath under {}: run as root (CAP_BPF, CAP_NET_ADMIN) \
+             on a kernel with BPF support",
+            flags.bpf_root.display()
+        )
+    })?;
+
+    let config = AgentConfig {
+        node_name,
+        cluster_name,
+        cluster_id,
+        enforcement: flags.enable_policy,
+        ipv4_range: flags.ipv4_range,
+        state_dir: flags.state_dir.clone(),
+        map_dir,
+        identity_backend,
+        kvstore,
+        hubble_enabled: flags.enable_hubble,
+    };
+    let links = Arc::new(datapath::link::NetlinkLinks::new());
+    let agent = start_agent(config, Box::new(kernel), links)
+        .await
+        .context("cannot start the agent")?;
+
+    let listener = server::bind_socket(&flags.socket_path)
+        .context("cannot serve the API: run as root or choose another --socket-path")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut api_stop = stop_rx.clone();
+    let api = tokio::spawn(server::serve(listener, agent.handles.clone(), async move {
+        let _ = api_stop.wait_for(|stop| *stop).await;
+    }));
+    tracing::info!(socket = %flags.socket_path.display(), "serving the API");
+    // Served while the restore runs: CNI calls meanwhile get 503 ("try again later").
+    agent
+        .restore()
+        .await
+        .context("cannot restore the previous agent's state")?;
+
+    let metrics_task = if flags.prometheus_serve_addr.is_empty() {
+        None
+    } else {
+        let addr = metrics::parse_listen_addr(&flags.prometheus_serve_addr).with_context(|| {
+            format!(
+                "invalid --prometheus-serve-addr {:?}: use :PORT or IP:PORT",
+                flags.prometheus_serve_addr
+            )
+        })?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} for metrics: choose another --prometheus-serve-addr")
+        })?;
+        let mut metrics_stop = stop_rx.clone();
+        let router = metrics::router(agent.handles.clone());
+        tracing::info!(%addr, "serving metrics");
+        Some(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = metrics_stop.wait_for(|stop| *stop).await;
+                })
+                .await
+        }))
+    };
+
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    match api.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "API server ended with an error"),
+        Err(error) => tracing::warn!(%error, "API server task failed"),
+    }
+    if let Some(task) = metrics_task
+        && let Ok(Err(error)) = task.await
+    {
+        tracing::warn!(%error, "metrics server ended with an error");
+    }
+    let _ = std::fs::remove_file(&flags.socket_path);
+    // The datapath stays: programs, links and maps are pinned and keep enforcing.
+    agent.stop();
+    tracing::info!("agent stopped; the datapath keeps running");
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let flags = Flags::parse();
+    init_logging(flags.log_format);
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("cilium-agent")
+            .build()
+            .unwrap_or_else(|err| {
+                eprintln!("cannot start the tokio runtime: {err}");
+                std::process::exit(1)
+            })
+    });
+    let result = system.block_on(run(flags));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("cilium-agent: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

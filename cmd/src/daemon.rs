@@ -1,0 +1,355 @@
+//! The agent's wiring: which actors run, on which arbiter, and who sends what to whom
+//! (DESIGN 3). Kept apart from the binary so tests can start the same agent over the fake
+//! datapath without root.
+//!
+//! Start order matters for restarts: the Datapath actor adopts the pinned maps first, the
+//! service manager rebuilds its ids from them, and only when every source of desired state has
+//! handed its initial state over does the datapath get `InitialSyncDone` and start pruning.
+//! The API answers `503` on `/healthz` until then.
+//!
+//! The identity actor publishes identity changes straight to the policy repository and serves
+//! the repository's CIDR identity requests, upserting those identities into the ipcache
+//! (source `generated`, as upstream). API-imported rules are persisted in the state dir and
+//! restored before any endpoint, so restored endpoints get the policy they had.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix::{Actor, Addr, Arbiter, AsyncContext, Context};
+use actors::endpoint::{
+    EndpointConfig, EndpointError, EndpointManager, EndpointOutputs, RestoreEndpoints,
+};
+use actors::identity::{IdentityActor, IdentityBackend, IdentityConfig, RestoreCidrIdentities};
+use actors::ipam::{FileIpamStore, IpamActor, IpamError};
+use actors::ipcache::{IpCacheActor, IpCacheConfig, IpCacheOutputs};
+use actors::policy::{
+    EnforcementMode, FilePolicyStore, PolicyConfig, PolicyError, PolicyRepository, PolicyState,
+};
+use actors::service::{
+    ServiceError, ServiceIdRanges, ServiceManager, ServiceOutputs, ServiceSnapshot,
+};
+use datapath::api::{Datapath, EndpointLinks, MapKey, MapName, MapValue};
+use datapath::reconciler::{
+    DatapathActor, DatapathActorConfig, InitialSyncDone, ListMap, ReconcileError,
+};
+use ipnet::Ipv4Net;
+use model::identity::{ClusterId, ClusterName};
+
+/// How identities are kept, as the health answer reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvstoreMode {
+    /// No `--kvstore`: identities are allocated in process.
+    Disabled,
+    /// `--kvstore etcd`, with the endpoints it talks to.
+    Etcd { endpoints: Vec<String> },
+}
+
+/// What the agent needs to start, already parsed and validated by the binary (or a test).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub cluster_name: ClusterName,
+    pub cluster_id: ClusterId,
+    pub enforcement: EnforcementMode,
+    /// The node's pod CIDR; without it there is no IPAM.
+    pub ipv4_range: Option<Ipv4Net>,
+    /// Where IPAM keeps its allocations.
+    pub state_dir: PathBuf,
+    /// Where maps are pinned (`<bpf-root>/tc/globals`), for the map paths the API shows.
+    pub map_dir: PathBuf,
+    pub identity_backend: IdentityBackend,
+    pub kvstore: KvstoreMode,
+    pub hubble_enabled: bool,
+}
+
+/// Everything that can keep the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot restore services from the datapath's lb4 maps")]
+    RestoreServices(#[source] ServiceError),
+    #[error(
+        "cannot start IPAM for {range} with state in {state_dir}: fix or remove the state file \
+         once no endpoint uses its addresses"
+    )]
+    Ipam {
+        range: Ipv4Net,
+        state_dir: PathBuf,
+        #[source]
+        source: IpamError,
+    },
+    #[error("cannot read the pinned ipcache to restore CIDR identities")]
+    ReadIpcache(#[source] ReconcileError),
+    #[error(
+        "cannot restore the policy rules persisted in {state_dir}: fix or remove the policy \
+         state file there and import the rules again"
+    )]
+    RestorePolicy {
+        state_dir: PathBuf,
+        #[source]
+        source: PolicyError,
+    },
+    #[error("the {actor} stopped during start-up")]
+    ActorGone { actor: &'static str },
+    #[error("cannot restore the endpoints of the previous agent from {state_dir}")]
+    RestoreEndpoints {
+        state_dir: PathBuf,
+        #[source]
+        source: EndpointError,
+    },
+}
+
+/// The running actors, as the REST API and the metrics endpoint reach them.
+#[derive(Debug, Clone)]
+pub struct AgentHandles {
+    pub config: AgentConfig,
+    pub datapath: Addr<DatapathActor>,
+    pub identity: Addr<IdentityActor>,
+    pub policy: Addr<PolicyRepository>,
+    pub ipcache: Addr<IpCacheActor>,
+    pub services: Addr<ServiceManager>,
+    pub ipam: Option<Addr<IpamActor>>,
+    /// Present with IPAM: endpoints need addresses.
+    pub endpoints: Option<Addr<EndpointManager>>,
+    /// Set by [`Agent::restore`] once the restore is complete and the datapath may prune.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AgentHandles {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// The started agent: its handles and the arbiter the Datapath actor runs on.
+#[derive(Debug)]
+pub struct Agent {
+    pub handles: AgentHandles,
+    datapath_arbiter: Arbiter,
+}
+
+impl Agent {
+    /// Stops the datapath's arbiter. Pinned maps and links stay: the datapath keeps enforcing
+    /// while no agent runs.
+    pub fn stop(self) {
+        self.datapath_arbiter.stop();
+    }
+}
+
+/// Starts every actor; [`Agent::restore`] then completes the start. `links` builds the pods'
+/// veth pairs (netlink in production, the fake in tests). Must run inside an actix `System`
+/// (the binary's `sys.block_on`, or `#[actix_rt::test]`).
+pub async fn start_agent(
+    config: AgentConfig,
+    datapath: Box<dyn Datapath>,
+    links: Arc<dyn EndpointLinks>,
+) -> Result<Agent, StartError> {
+    // The reconciler makes syscalls on every write: its own thread keeps the API and the CNI
+    // path from waiting behind it.
+    let datapath_arbiter = Arbiter::new();
+    let datapath = DatapathActor::start_in_arbiter(&datapath_arbiter.handle(), move |_| {
+        DatapathActor::new(datapath, DatapathActorConfig::default())
+    });
+
+    let (snapshot, problems) = ServiceSnapshot::read(&datapath.clone().recipient())
+        .await
+        .map_err(StartError::RestoreServices)?;
+    for problem in &problems {
+        tracing::warn!(?problem, "a service in the lb4 maps could not be restored");
+    }
+    tracing::info!(
+        services = snapshot.services.len(),
+        "services restored from the datapath"
+    );
+    let (manager, _) = ServiceManager::new(
+        ServiceIdRanges::default(),
+        snapshot,
+        ServiceOutputs {
+            upsert: datapath.clone().recipient(),
+            delete: datapath.clone().recipient(),
+        },
+    );
+    let services = manager.start();
+
+    let ipcache = IpCacheActor::new(
+        IpCacheConfig {
+            node_ip: None,
+            kvstore: None,
+        },
+        IpCacheOutputs {
+            upsert: datapath.clone().recipient(),
+            delete: datapath.clone().recipient(),
+        },
+    )
+    .start();
+
+    // The repository and the identity actor refer to each other: create the repository's
+    // context first so its address exists before the identity actor starts.
+    let policy_ctx = Context::<PolicyRepository>::new();
+    let identity = IdentityActor::new(IdentityConfig {
+        cluster_id: config.cluster_id,
+        backend: config.identity_backend.clone(),
+        dual_stack: false,
+        subscribers: vec![policy_ctx.address().recipient()],
+    })
+    .with_ipcache(ipcache.clone().recipient(), ipcache.clone().recipient())
+    .start();
+    // CIDR identities keep their ids across a restart when still free, so the policy maps
+    // and ipcache entries computed from them stay as the datapath holds them.
+    let pinned_ipcache = datapath
+        .send(ListMap {
+            map: MapName::Ipcache,
+        })
+        .await
+        .map_err(|_| StartError::ActorGone {
+            actor: "datapath actor",
+        })?
+        .map_err(StartError::ReadIpcache)?;
+    let cidr_identities = pinned_ipcache
+        .into_iter()
+        .filter_map(|entry| match entry {
+            (MapKey::Ipcache(key), MapValue::Ipcache(info)) if info.identity.is_local_scope() => {
+                Some((key.prefix(), info.identity))
+            }
+            _ => None,
+        })
+        .collect();
+    identity
+        .send(RestoreCidrIdentities {
+            identities: cidr_identities,
+        })
+        .await
+        .map_err(|_| StartError::ActorGone {
+            actor: "identity allocator",
+        })?;
+    let repository = PolicyRepository::with_store(
+        PolicyState::new(PolicyConfig {
+            enforcement: config.enforcement,
+            cluster_name: config.cluster_name.clone(),
+            ..PolicyConfig::default()
+        }),
+        Box::new(FilePolicyStore::in_state_dir(&config.state_dir)),
+        datapath.clone().recipient(),
+        identity.clone().recipient(),
+    )
+    .map_err(|source| StartError::RestorePolicy {
+        state_dir: config.state_dir.clone(),
+        source,
+    })?;
+    let policy = policy_ctx.run(repository);
+    // Once the repository answers, the CIDR identity requests of its restored rules wait in
+    // the identity actor's mailbox ahead of every endpoint's identity allocation.
+    policy
+        .send(actors::policy::Dump)
+        .await
+        .map_err(|_| StartError::ActorGone {
+            actor: "policy repository",
+        })?;
+
+    let ipam = match config.ipv4_range {
+        Some(range) => {
+            let store = FileIpamStore::in_state_dir(&config.state_dir);
+            let actor =
+                IpamActor::new(range, Box::new(store)).map_err(|source| StartError::Ipam {
+                    range,
+                    state_dir: config.state_dir.clone(),
+                    source,
+                })?;
+            Some(actor.start())
+        }
+        None => None,
+    };
+
+    let endpoints = match &ipam {
+        Some(ipam_addr) => {
+            let router = ipam_addr
+                .send(actors::ipam::Dump)
+                .await
+                .map_err(|_| StartError::ActorGone { actor: "IPAM" })?
+                .router;
+            let outputs = EndpointOutputs {
+                allocate_ip: ipam_addr.clone().recipient(),
+                release_ip: ipam_addr.clone().recipient(),
+                allocate_identity: identity.clone().recipient(),
+                release_identity: identity.clone().recipient(),
+                upsert_ip: ipcache.clone().recipient(),
+                delete_ip: ipcache.clone().recipient(),
+                upsert_lxc: datapath.clone().recipient(),
+                delete_lxc: datapath.clone().recipient(),
+                attach: datapath.clone().recipient(),
+                detach: datapath.clone().recipient(),
+                policy_wanted: policy.clone().recipient(),
+                policy_removed: policy.clone().recipient(),
+                policy_wait: policy.clone().recipient(),
+            };
+            let manager = EndpointManager::new(
+                EndpointConfig::new(config.state_dir.clone(), router),
+                outputs,
+                links,
+            )
+            .start();
+            Some(manager)
+        }
+        None => {
+            tracing::warn!("no --ipv4-range: endpoints cannot get addresses, CNI ADD will fail");
+            None
+        }
+    };
+
+    Ok(Agent {
+        handles: AgentHandles {
+            config,
+            datapath,
+            identity,
+            policy,
+            ipcache,
+            services,
+            ipam,
+            endpoints,
+            ready: Arc::new(AtomicBool::new(false)),
+        },
+        datapath_arbiter,
+    })
+}
+
+impl Agent {
+    /// Restores the previous agent's endpoints, then lets the datapath prune what nobody
+    /// claimed, and marks the agent ready. Until then `/healthz` and endpoint creation answer
+    /// 503, so the API can be served while this runs (CNI calls are told to try again).
+    pub async fn restore(&self) -> Result<(), StartError> {
+        let h = &self.handles;
+        if let Some(manager) = &h.endpoints {
+            let report = manager
+                .send(RestoreEndpoints)
+                .await
+                .map_err(|_| StartError::ActorGone {
+                    actor: "endpoint manager",
+                })?
+                .map_err(|source| StartError::RestoreEndpoints {
+                    state_dir: h.config.state_dir.clone(),
+                    source,
+                })?;
+            for (id, reason) in &report.removed {
+                tracing::warn!(endpoint = %id, %reason, "endpoint not restored and removed");
+            }
+            tracing::info!(restored = report.restored.len(), "endpoints restored");
+        }
+        // The service manager hands its restored services to the datapath before it answers
+        // any message, so one answered request means the restore is in the datapath.
+        h.services
+            .send(actors::service::ListServices)
+            .await
+            .map_err(|_| StartError::ActorGone {
+                actor: "service manager",
+            })?;
+        h.datapath
+            .send(InitialSyncDone)
+            .await
+            .map_err(|_| StartError::ActorGone {
+                actor: "datapath actor",
+            })?;
+        h.ready.store(true, Ordering::Release);
+        tracing::info!(node = %h.config.node_name, "restore complete, initial sync done");
+        Ok(())
+    }
+}
