@@ -7,5 +7,11 @@ cd "$(dirname "$0")/.."
 
 scripts/install-prereqs.sh
 
+# Tests keep their scratch data (etcd data dirs above all) on tmpfs when the machine has one:
+# the tests need no durability, and etcd's fsync on a busy disk can stall for seconds.
+if [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then
+    export TMPDIR=/dev/shm
+fi
+
 echo "==> cargo test --workspace (unit, integration and doc tests; privileged tests included)"
 cargo test --workspace --locked

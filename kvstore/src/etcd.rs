@@ -57,7 +57,7 @@ struct Inner {
     maintenance: MaintenanceClient,
     endpoints: Vec<String>,
     request_timeout: Duration,
-    locks: LockSessions,
+    locks: Arc<LockSessions>,
 }
 
 impl fmt::Debug for EtcdBackend {
@@ -116,7 +116,7 @@ impl EtcdBackend {
                 maintenance: client.maintenance_client(),
                 endpoints: config.endpoints.clone(),
                 request_timeout: config.request_timeout,
-                locks: LockSessions::new(lease.clone(), config.request_timeout),
+                locks: Arc::new(LockSessions::new(lease.clone(), config.request_timeout)),
                 lease,
             }),
         })

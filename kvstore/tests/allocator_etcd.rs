@@ -76,6 +76,10 @@ fn expected_layout(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_nodes_allocate_concurrently() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("kvstore=debug")
+        .with_test_writer()
+        .try_init();
     let server = EtcdServer::start().await.expect("etcd starts");
     let sets = label_sets();
 
@@ -112,9 +116,28 @@ async fn eight_nodes_allocate_concurrently() {
         }
     });
     let results: Vec<Vec<(usize, NumericIdentity)>> =
-        tokio::time::timeout(Duration::from_secs(120), join_all(runs))
-            .await
-            .expect("allocations finish");
+        match tokio::time::timeout(Duration::from_secs(120), join_all(runs)).await {
+            Ok(results) => results,
+            Err(_) => {
+                // Say what the cluster looked like when it stalled: held locks and leases.
+                let locks = server
+                    .etcdctl(&[
+                        "get",
+                        "--prefix",
+                        "--keys-only",
+                        "cilium/state/identities/v1/locks/",
+                    ])
+                    .await
+                    .unwrap_or_else(|e| e.to_string());
+                let leases = server
+                    .etcdctl(&["lease", "list"])
+                    .await
+                    .unwrap_or_else(|e| e.to_string());
+                panic!(
+                    "allocations did not finish in 120 s; lock keys:\n{locks}\nleases:\n{leases}"
+                );
+            }
+        };
 
     // Equal labels: equal ids on every node. Different labels: different ids. All in range.
     let mut ids: BTreeMap<String, NumericIdentity> = BTreeMap::new();

@@ -28,6 +28,10 @@ pub const LOCK_SESSION_TTL: Duration = Duration::from_secs(25);
 /// brief etcd outage does not cost the session.
 const KEEPALIVE_RETRY: Duration = Duration::from_secs(1);
 
+/// Backoff bounds of an unlock that etcd did not confirm.
+const UNLOCK_RETRY_MIN: Duration = Duration::from_millis(100);
+const UNLOCK_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// The lock state of one client (shared by its clones).
 pub(crate) struct LockSessions {
     lease: LeaseClient,
@@ -91,16 +95,61 @@ impl LockSessions {
     }
 
     /// Releases a lock: deletes its ownership key in etcd and lets the next local waiter in.
-    pub(crate) async fn unlock(&self, mut client: LockClient, lock: LockKey) -> Result<(), Error> {
+    ///
+    /// If etcd does not confirm the delete (a timeout under load, a connection reset), the
+    /// key may still exist, kept alive by this client's session: every other client would
+    /// wait for it forever. So the delete is retried in the background, with backoff, until
+    /// etcd confirms it or the session lease is gone; the local guard is held until then so
+    /// that a task of this client cannot re-acquire the name under the same lease only to
+    /// lose it to the retried delete. The error is still returned for the caller to log.
+    pub(crate) async fn unlock(
+        self: &Arc<Self>,
+        mut client: LockClient,
+        lock: LockKey,
+    ) -> Result<(), Error> {
         let result = with_timeout("unlock", self.timeout, client.unlock(lock.key.clone())).await;
         let guard = self
             .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&lock.key);
-        drop(guard);
-        self.forget_local(&lock.name);
-        result.map(drop)
+        match result {
+            Ok(_) => {
+                drop(guard);
+                self.forget_local(&lock.name);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(key = %lock.key, %error, "unlock not confirmed; retrying in the background");
+                let sessions = Arc::clone(self);
+                tokio::spawn(async move {
+                    sessions.retry_unlock(client, &lock.key).await;
+                    drop(guard);
+                    sessions.forget_local(&lock.name);
+                });
+                Err(error)
+            }
+        }
+    }
+
+    /// Deletes a lock's ownership key until etcd confirms it (a missing key or lease counts).
+    async fn retry_unlock(&self, client: LockClient, key: &str) {
+        let mut delay = UNLOCK_RETRY_MIN;
+        loop {
+            tokio::time::sleep(delay).await;
+            let mut client = client.clone();
+            match with_timeout("unlock", self.timeout, client.unlock(key.to_owned())).await {
+                Ok(_) => {
+                    tracing::info!(key, "lock released after retrying");
+                    return;
+                }
+                Err(Error::LeaseNotFound(_)) => return,
+                Err(error) => {
+                    tracing::warn!(key, %error, "unlock still not confirmed; retrying");
+                    delay = (delay * 2).min(UNLOCK_RETRY_MAX);
+                }
+            }
+        }
     }
 
     async fn acquire(&self, client: LockClient, name: &str) -> Result<String, Error> {
