@@ -5,8 +5,10 @@ set -euo pipefail
 
 # Debian packages: etcd for the kvstore tests (openssl makes their TLS certificates), protoc for
 # etcd-client's build script, and the eBPF toolchain (clang, llvm, libbpf headers, bpftool) and
-# iproute2 for the datapath.
-packages=(etcd-server etcd-client protobuf-compiler openssl clang llvm libbpf-dev bpftool iproute2)
+# iproute2 for the datapath; podman (CNI backend) with runc and a static busybox for the test in
+# which a real container runtime calls cilium-cni (crun is not used: it fails on hybrid cgroups).
+packages=(etcd-server etcd-client protobuf-compiler openssl clang llvm libbpf-dev bpftool iproute2
+    podman runc busybox-static)
 
 missing=()
 for p in "${packages[@]}"; do
