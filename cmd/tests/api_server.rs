@@ -121,6 +121,72 @@ async fn policy_import_is_all_or_nothing() {
     let after: api::Policy = agent.client.get("/policy").await.expect("get policy");
     assert_eq!(after, imported, "a refused import changes nothing");
 
+    // Every kind of malformed document is refused whole, names what is wrong, and changes
+    // nothing: a bad selector, ports out of range, a bad CIDR, and a valid document followed
+    // by a broken one in the same import.
+    let rule = |peer: &str, ports: &str| {
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: bad\n  \
+             namespace: default\nspec:\n  endpointSelector:\n    matchLabels:\n      app: x\n  \
+             ingress:\n  - {peer}\n    toPorts:\n    - ports:\n      - {ports}\n"
+        )
+    };
+    let bad_documents = [
+        (
+            rule(
+                "fromEndpoints:\n    - matchExpressions:\n      - {key: app, operator: Maybe}",
+                "{port: \"80\", protocol: TCP}",
+            ),
+            "Maybe",
+        ),
+        (
+            rule(
+                "fromEndpoints:\n    - matchExpressions:\n      - {key: app, operator: In}",
+                "{port: \"80\", protocol: TCP}",
+            ),
+            "values",
+        ),
+        (
+            rule(
+                "fromEndpoints:\n    - {}",
+                "{port: \"70000\", protocol: TCP}",
+            ),
+            "70000",
+        ),
+        (
+            rule(
+                "fromEndpoints:\n    - {}",
+                "{port: \"8080\", endPort: 80, protocol: TCP}",
+            ),
+            "endPort",
+        ),
+        (
+            rule(
+                "fromCIDR:\n    - 10.0.0.0/33",
+                "{port: \"80\", protocol: TCP}",
+            ),
+            "10.0.0.0/33",
+        ),
+        (format!("{GOOD_POLICY}\n---\n{BAD_POLICY}"), "fromEndpointz"),
+    ];
+    for (document, named) in &bad_documents {
+        let err = agent
+            .client
+            .policy_import(document.clone())
+            .await
+            .expect_err("a malformed document is refused");
+        assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST), "{err}");
+        assert!(
+            err.to_string().contains(named),
+            "{named:?} not named in: {err}"
+        );
+        let after: api::Policy = agent.client.get("/policy").await.expect("get policy");
+        assert_eq!(
+            after, imported,
+            "a refused import changes nothing: {document}"
+        );
+    }
+
     assert_eq!(
         status_of(agent.client.policy_import("   ".to_owned()).await),
         StatusCode::BAD_REQUEST

@@ -95,10 +95,10 @@ fn strict_parsing_refuses_other_kinds_and_lenient_parsing_skips_them() {
     let err = parse_documents(&text).expect_err("a Service is not a policy");
     match &err {
         PolicyError::Document {
-            document, source, ..
+            document, error, ..
         } => {
             assert_eq!(*document, 1);
-            assert!(matches!(&**source, PolicyError::NotAPolicy { kind } if kind == "Service"));
+            assert!(matches!(&**error, PolicyError::NotAPolicy { kind } if kind == "Service"));
         }
         other => panic!("unexpected error {other}"),
     }

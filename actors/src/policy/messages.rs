@@ -63,21 +63,21 @@ pub struct NamedPort {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// A policy document could not be turned into rules (invalid or unsupported).
-    #[error("policy document {index} ({name}): {source}")]
+    // The inner error is part of the message rather than a `source()`, so that printing the
+    // error chain does not repeat it.
+    #[error("policy document {index} ({name}): {error}")]
     Document {
         /// 0-based position in the import.
         index: usize,
         name: String,
-        #[source]
-        source: Box<PolicyError>,
+        error: Box<PolicyError>,
     },
     /// One rule of an import is not enforceable.
-    #[error("rule {index}: {source}")]
+    #[error("rule {index}: {error}")]
     Rule {
         /// 0-based position among the rules of the import (or of its document).
         index: usize,
-        #[source]
-        source: Box<PolicyError>,
+        error: Box<PolicyError>,
     },
     /// Validation or the support check of the policy language refused the input.
     #[error(transparent)]

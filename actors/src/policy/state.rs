@@ -295,7 +295,7 @@ impl PolicyState {
                     let in_document = |source: PolicyError| PolicyError::Document {
                         index,
                         name: document.name().to_owned(),
-                        source: Box::new(source),
+                        error: Box::new(source),
                     };
                     document
                         .check_supported()
@@ -305,7 +305,7 @@ impl PolicyState {
                         let plan = plan_rule(&rule, ctx).map_err(|e| {
                             in_document(PolicyError::Rule {
                                 index: i,
-                                source: Box::new(e),
+                                error: Box::new(e),
                             })
                         })?;
                         planned.push((rule, plan));
@@ -326,7 +326,7 @@ impl PolicyState {
                 for (index, rule) in rules.into_iter().enumerate() {
                     let in_rule = |source: PolicyError| PolicyError::Rule {
                         index,
-                        source: Box::new(source),
+                        error: Box::new(source),
                     };
                     rule.validate().map_err(|e| in_rule(e.into()))?;
                     rule.check_supported().map_err(|e| in_rule(e.into()))?;

@@ -97,7 +97,7 @@ fn wrap(document: usize, item: Option<usize>) -> impl FnOnce(PolicyError) -> Pol
     move |source| PolicyError::Document {
         document,
         item,
-        source: Box::new(source),
+        error: Box::new(source),
     }
 }
 

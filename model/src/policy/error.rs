@@ -45,11 +45,12 @@ pub enum PolicyError {
     Invalid { path: String, reason: String },
 
     /// A label selector is malformed; `path` is where the selector sits in the document.
-    #[error("{path}.{source}")]
+    // The selector's error is part of this message, not a `source()`: printing the chain
+    // would otherwise say it twice.
+    #[error("{path}.{error}")]
     Selector {
         path: String,
-        #[source]
-        source: Box<SelectorError>,
+        error: Box<SelectorError>,
     },
 
     /// The document is valid Cilium policy but uses a feature this project does not enforce yet.
@@ -59,12 +60,12 @@ pub enum PolicyError {
 
     /// An error inside one document of a multi-document input. `document` is 1-based and counts
     /// YAML documents (`---`); `item` is the 0-based position inside a JSON array or a `List`.
-    #[error("{}: {source}", DocumentPosition::new(.document, .item))]
+    // As for `Selector`, the inner error is part of the message, not a `source()`.
+    #[error("{}: {error}", DocumentPosition::new(.document, .item))]
     Document {
         document: usize,
         item: Option<usize>,
-        #[source]
-        source: Box<PolicyError>,
+        error: Box<PolicyError>,
     },
 }
 
@@ -86,7 +87,7 @@ impl PolicyError {
     /// The error without its [`PolicyError::Document`] wrappers: what actually went wrong.
     pub fn innermost(&self) -> &PolicyError {
         match self {
-            PolicyError::Document { source, .. } => source.innermost(),
+            PolicyError::Document { error, .. } => error.innermost(),
             other => other,
         }
     }

@@ -581,7 +581,7 @@ fn fqdn_selector(path: &FieldPath, fqdn: &FqdnSelector) -> Result<(), PolicyErro
 pub(crate) fn selector(path: &FieldPath, selector: &LabelSelector) -> Result<(), PolicyError> {
     selector.validate().map_err(|source| PolicyError::Selector {
         path: path.to_string(),
-        source: Box::new(source),
+        error: Box::new(source),
     })
 }
 
