@@ -14,17 +14,17 @@
 //! The agent runs in its own namespace because it, not podman, creates the veth pair: podman
 //! only creates the container's namespace and hands its path to the plugin.
 
-use std::fs::File;
+#[path = "common/node.rs"]
+mod node;
+
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use node::{Agent, Netns, Node, unique};
 
 /// The busybox-static binary (Debian's `busybox-static`, see scripts/install-prereqs.sh).
 const BUSYBOX: &str = "/usr/bin/busybox";
@@ -32,178 +32,6 @@ const BUSYBOX: &str = "/usr/bin/busybox";
 const POD_RANGE: &str = "10.250.0.0/24";
 const POD_PREFIX: &str = "10.250.0.";
 const SERVER_PORT: u16 = 8080;
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn unique(tag: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{tag}{:x}x{n:x}", std::process::id())
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A bpffs on a temp dir, so the agent's pins never meet the host's.
-struct BpfFs {
-    dir: tempfile::TempDir,
-}
-
-impl BpfFs {
-    fn mount() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        nix::mount::mount(
-            Some("bpffs"),
-            dir.path(),
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .expect("mount bpffs");
-        BpfFs { dir }
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
-/// The node's network namespace, where the agent runs and the host sides of the veths live.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn add(tag: &str) -> Self {
-        let name = unique(tag);
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ip(&[
-            "netns",
-            "exec",
-            &ns.name,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        ns
-    }
-
-    /// The names of the `lxc*` host-side veths.
-    fn host_veths(&self) -> Vec<String> {
-        ip(&["-n", &self.name, "-o", "link", "show"])
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .filter_map(|name| name.split('@').next())
-            .filter(|name| name.starts_with("lxc"))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-/// The agent process, stopped by PID on drop.
-struct Agent {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(node: &Netns, bpf_root: &Path, dir: &Path) -> Self {
-        let socket = dir.join("cilium.sock");
-        let log = dir.join("agent.log");
-        let log_file = File::create(&log).expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &node.name])
-            .arg(env!("CARGO_BIN_EXE_cilium-agent"))
-            .args(["--node-name", "node-1", "--ipv4-range", POD_RANGE])
-            .arg("--bpf-root")
-            .arg(bpf_root)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--socket-path")
-            .arg(&socket)
-            .args(["--prometheus-serve-addr", ""])
-            .stdout(log_file.try_clone().expect("log fd"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start cilium-agent");
-        let agent = Agent { child, socket, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while dbg(&agent.socket, &["status", "-o", "json"]).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready: {}",
-                agent.log_text()
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
-        agent
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
-    }
-
-    /// SIGTERM and wait; the agent must exit successfully within 10 s.
-    fn terminate(mut self) {
-        kill(self.pid(), Signal::SIGTERM).expect("SIGTERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "agent exit {status}: {}", self.log_text());
-                return;
-            }
-            assert!(Instant::now() < deadline, "agent ignores SIGTERM");
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(self.pid(), Signal::SIGKILL);
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Runs cilium-dbg with `-o json`; `Err(stderr)` on failure.
-fn dbg(socket: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_cilium-dbg"))
-        .env_remove("CILIUM_SOCK")
-        .arg("-H")
-        .arg(format!("unix://{}", socket.display()))
-        .args(args)
-        .output()
-        .expect("run cilium-dbg");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-}
 
 /// Podman with everything private: its own config, storage, run state, CNI config and plugin
 /// dirs, cgroup parent and busybox rootfs, all under one temp dir.
@@ -474,9 +302,9 @@ fn eventually<T>(wait: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> 
     }
 }
 
-fn endpoints(socket: &Path) -> Vec<serde_json::Value> {
-    dbg(socket, &["endpoint", "list", "-o", "json"])
-        .expect("endpoint list")
+fn endpoints(agent: &Agent) -> Vec<serde_json::Value> {
+    agent
+        .json(&["endpoint", "list"])
         .as_array()
         .cloned()
         .expect("endpoint array")
@@ -492,8 +320,8 @@ fn find_endpoint<'a>(
 }
 
 /// The entries of a `cilium-dbg bpf ... list -o json` dump.
-fn map_entries(socket: &Path, map: &str) -> Vec<serde_json::Value> {
-    let dump = dbg(socket, &["bpf", map, "list", "-o", "json"]).expect("bpf map list");
+fn map_entries(agent: &Agent, map: &str) -> Vec<serde_json::Value> {
+    let dump = agent.json(&["bpf", map, "list"]);
     dump["cache"]
         .as_array()
         .cloned()
@@ -514,7 +342,7 @@ fn mentions(entries: &[serde_json::Value], address: Ipv4Addr) -> bool {
 /// Whether the node has a route whose destination is `address` (alone or as a prefix).
 fn has_route(node: &Netns, address: Ipv4Addr) -> bool {
     let text = address.to_string();
-    ip(&["-n", &node.name, "route", "show"]).lines().any(|l| {
+    node.ip(&["route", "show"]).lines().any(|l| {
         l.split_whitespace()
             .next()
             .is_some_and(|dst| dst == text || dst.starts_with(&format!("{text}/")))
@@ -529,10 +357,8 @@ fn cni_cache(network: &str, container_id: &str) -> PathBuf {
 #[test]
 fn privileged_podman_runs_containers_through_cilium_cni() {
     let started = Instant::now();
-    let fs = BpfFs::mount();
-    let node = Netns::add("pn");
-    let agent_dir = tempfile::tempdir().expect("temp dir");
-    let agent = Agent::start(&node, fs.dir.path(), agent_dir.path());
+    let node = Node::new(POD_RANGE);
+    let agent = node.start_agent("agent.log");
     // Declared after the agent so it drops first: its `rm` still reaches the agent.
     let podman = Podman::new(&agent.socket);
 
@@ -571,7 +397,7 @@ fn privileged_podman_runs_containers_through_cilium_cni() {
     );
 
     // The agent made one ready endpoint per container, named after podman's container.
-    let listed = endpoints(&agent.socket);
+    let listed = endpoints(&agent);
     assert_eq!(listed.len(), 2, "{listed:?}");
     let mut server_veth = String::new();
     for (id, name, address) in [
@@ -599,15 +425,15 @@ fn privileged_podman_runs_containers_through_cilium_cni() {
                 .to_owned();
         }
     }
-    let veths = node.host_veths();
+    let veths = node.host_veth_names();
     assert_eq!(veths.len(), 2, "{veths:?}");
     assert!(
         veths.contains(&server_veth),
         "{server_veth} not in {veths:?}"
     );
-    assert!(mentions(&map_entries(&agent.socket, "ipcache"), server_ip));
-    assert!(mentions(&map_entries(&agent.socket, "endpoint"), server_ip));
-    assert!(has_route(&node, server_ip), "no route to {server_ip}");
+    assert!(mentions(&map_entries(&agent, "ipcache"), server_ip));
+    assert!(mentions(&map_entries(&agent, "endpoint"), server_ip));
+    assert!(has_route(&node.ns, server_ip), "no route to {server_ip}");
     assert!(cni_cache(&podman.network, &server_id).exists());
 
     // TCP from one container to the other, through the agent's datapath; retried while the
@@ -643,33 +469,30 @@ fn privileged_podman_runs_containers_through_cilium_cni() {
     let rm_started = Instant::now();
     podman.run(&["rm", "--force", "--time", "0", &server]);
     let rm_took = rm_started.elapsed();
-    let listed = endpoints(&agent.socket);
+    let listed = endpoints(&agent);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert!(find_endpoint(&listed, &client_id).is_some(), "{listed:?}");
-    let veths = node.host_veths();
+    let veths = node.host_veth_names();
     assert_eq!(veths.len(), 1, "{veths:?}");
     assert!(!veths.contains(&server_veth), "{server_veth} left behind");
-    assert!(!mentions(&map_entries(&agent.socket, "ipcache"), server_ip));
-    assert!(!mentions(
-        &map_entries(&agent.socket, "endpoint"),
-        server_ip
-    ));
-    assert!(mentions(&map_entries(&agent.socket, "endpoint"), client_ip));
-    assert!(!has_route(&node, server_ip), "route to {server_ip} left");
-    assert!(has_route(&node, client_ip), "route to {client_ip} gone");
+    assert!(!mentions(&map_entries(&agent, "ipcache"), server_ip));
+    assert!(!mentions(&map_entries(&agent, "endpoint"), server_ip));
+    assert!(mentions(&map_entries(&agent, "endpoint"), client_ip));
+    assert!(!has_route(&node.ns, server_ip), "route to {server_ip} left");
+    assert!(has_route(&node.ns, client_ip), "route to {client_ip} gone");
     assert!(!cni_cache(&podman.network, &server_id).exists());
     assert!(!server_netns.exists(), "{} left", server_netns.display());
-    let status = dbg(&agent.socket, &["status", "-o", "json"]).expect("status");
+    let status = agent.json(&["status"]);
     assert_eq!(status["ipam"]["allocated"], 1, "{status}");
 
     podman.run(&["rm", "--force", "--time", "0", &client]);
-    assert_eq!(endpoints(&agent.socket).len(), 0);
-    assert!(!has_route(&node, client_ip), "route to {client_ip} left");
+    assert_eq!(endpoints(&agent).len(), 0);
+    assert!(!has_route(&node.ns, client_ip), "route to {client_ip} left");
     assert!(!cni_cache(&podman.network, &client_id).exists());
-    assert_eq!(node.host_veths().len(), 0);
-    assert!(map_entries(&agent.socket, "endpoint").is_empty());
-    assert!(!mentions(&map_entries(&agent.socket, "ipcache"), client_ip));
-    let status = dbg(&agent.socket, &["status", "-o", "json"]).expect("status");
+    assert_eq!(node.host_veth_names().len(), 0);
+    assert!(map_entries(&agent, "endpoint").is_empty());
+    assert!(!mentions(&map_entries(&agent, "ipcache"), client_ip));
+    let status = agent.json(&["status"]);
     assert_eq!(status["ipam"]["allocated"], 0, "{status}");
     assert_eq!(podman.run(&["ps", "--all", "--quiet"]), "");
 

@@ -194,13 +194,21 @@ impl Node {
         }
     }
 
-    /// The host-side veths of the pods.
-    pub fn host_veths(&self) -> usize {
+    /// The names of the pods' host-side `lxc*` veths.
+    pub fn host_veth_names(&self) -> Vec<String> {
         self.ns
             .ip(&["-o", "link", "show"])
             .lines()
-            .filter(|l| l.contains(": lxc"))
-            .count()
+            .filter_map(|l| l.split(": ").nth(1))
+            .filter_map(|name| name.split('@').next())
+            .filter(|name| name.starts_with("lxc"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// How many host-side veths the pods have.
+    pub fn host_veths(&self) -> usize {
+        self.host_veth_names().len()
     }
 }
 
