@@ -6,9 +6,9 @@
 //!   etcd turns into [`Error::Unavailable`] instead of a hang;
 //! - watches (submodule `watch`) reconnect with capped backoff and resume exactly after the last
 //!   delivered revision, re-listing when etcd compacted the history they still needed;
-//! - locks (submodule `session`) use etcd's lock service with one lock-session lease per client, the way
-//!   upstream Cilium's `LockPath` does, plus a local per-name mutex because etcd treats two
-//!   acquisitions with the same lease as one.
+//! - locks (submodule `session`) run etcd's mutex algorithm on the client with one lock-session
+//!   lease per client, the way upstream Cilium's `LockPath` does, plus a local per-name mutex
+//!   because two acquisitions with the same lease would share one key.
 //!
 //! Connecting does not contact etcd: the client starts even when etcd is not up yet, and each
 //! operation reports [`Error::Unavailable`] until it is. Dropping the last clone stops the
@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, CompareOp, ConnectOptions, DeleteOptions, Identity, KvClient, LeaseClient,
-    LockClient, MaintenanceClient, PutOptions, TlsOptions, WatchClient,
+    MaintenanceClient, PutOptions, TlsOptions, WatchClient,
 };
 
 use crate::backend::{
@@ -53,7 +53,6 @@ struct Inner {
     kv: KvClient,
     watch: WatchClient,
     lease: LeaseClient,
-    lock: LockClient,
     maintenance: MaintenanceClient,
     endpoints: Vec<String>,
     request_timeout: Duration,
@@ -112,7 +111,6 @@ impl EtcdBackend {
                 watch: client
                     .watch_client()
                     .max_decoding_message_size(MAX_RESPONSE_BYTES),
-                lock: client.lock_client(),
                 maintenance: client.maintenance_client(),
                 endpoints: config.endpoints.clone(),
                 request_timeout: config.request_timeout,
@@ -210,8 +208,8 @@ fn is_retryable_message(message: &str) -> bool {
 /// Whether etcd answered that the lease does not exist (expired or revoked).
 pub(crate) fn is_lease_not_found(error: &etcd_client::Error) -> bool {
     match error {
-        // The KV and lease services answer NOT_FOUND; the lock service (v3lock) passes the
-        // same error on as UNKNOWN, so the message decides.
+        // The KV and lease services answer NOT_FOUND; other paths may pass the same error on
+        // as UNKNOWN, so the message decides.
         etcd_client::Error::GRpcStatus(status) => {
             matches!(
                 i32::from(status.code()),
@@ -450,11 +448,11 @@ impl Backend for EtcdBackend {
     }
 
     async fn lock(&self, name: &str) -> Result<LockKey, Error> {
-        self.inner.locks.lock(self.inner.lock.clone(), name).await
+        self.inner.locks.lock(self, name).await
     }
 
     async fn unlock(&self, lock: LockKey) -> Result<(), Error> {
-        self.inner.locks.unlock(self.inner.lock.clone(), lock).await
+        self.inner.locks.unlock(self, lock).await
     }
 
     async fn status(&self) -> Result<BackendStatus, Error> {

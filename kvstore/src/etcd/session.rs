@@ -1,25 +1,29 @@
-//! Distributed locks through etcd's lock service (`v3lock`), held with a per-client lock
-//! session.
+//! Distributed locks: etcd's mutex algorithm run on the client, as upstream Cilium does, held
+//! with a per-client lock session. The keys are the ones etcd's `concurrency` package and its
+//! lock service write (`<name>/<lease hex>`), so other etcd clients interoperate.
 //!
 //! Like upstream Cilium's lock session, every client owns one lease (TTL 25 s) that a background
 //! task keeps alive; each lock is attached to it, so the locks of a client that dies are released
 //! when that lease expires. The session is granted on first use and replaced when etcd reports
-//! it gone. etcd treats two `Lock` calls with the same lease as one acquisition, so
-//! acquisitions of the same name by tasks sharing this client are serialised locally first.
+//! it gone. Two acquisitions with the same lease would share one key, so acquisitions of the
+//! same name by tasks sharing this client are serialised locally first. An abandoned
+//! acquisition withdraws its waiting key, and a release etcd does not confirm is retried, so a
+//! lock key never outlives its use while the session lives on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use etcd_client::{LeaseClient, LockClient, LockOptions};
+use etcd_client::LeaseClient;
+use futures::StreamExt;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 
-use crate::backend::{LeaseId, LockKey};
+use crate::backend::{Backend, BackendExt, LeaseId, LockKey, WatchEvent, WatchFrom};
 use crate::error::Error;
 
-use super::{is_lease_not_found, keep_alive_once, map_error, with_timeout};
+use super::{EtcdBackend, keep_alive_once, with_timeout};
 
 /// TTL of the lock-session lease, as upstream (`LockLeaseTTL`).
 pub const LOCK_SESSION_TTL: Duration = Duration::from_secs(25);
@@ -69,114 +73,169 @@ impl LockSessions {
     }
 
     /// Acquires `name`, waiting for other holders (local tasks first, then other clients).
-    pub(crate) async fn lock(&self, client: LockClient, name: &str) -> Result<LockKey, Error> {
+    pub(crate) async fn lock(
+        self: &Arc<Self>,
+        backend: &EtcdBackend,
+        name: &str,
+    ) -> Result<LockKey, Error> {
         let local = {
             let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
             local.entry(name.to_owned()).or_default().clone()
         };
         let guard = local.lock_owned().await;
-        match self.acquire(client, name).await {
-            Ok(key) => {
-                self.held
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key.clone(), guard);
-                Ok(LockKey {
-                    name: name.to_owned(),
-                    key,
-                })
-            }
-            Err(error) => {
-                drop(guard);
-                self.forget_local(name);
-                Err(error)
-            }
+        let mut waiter = Waiter {
+            sessions: Arc::clone(self),
+            backend: backend.clone(),
+            name: name.to_owned(),
+            key: None,
+            guard: Some(guard),
+        };
+        let key = self.acquire(backend, name, &mut waiter).await?;
+        // Acquired: the waiter must not withdraw the key any more.
+        if let Some(guard) = waiter.disarm() {
+            self.held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key.clone(), guard);
         }
+        Ok(LockKey {
+            name: name.to_owned(),
+            key,
+        })
     }
 
     /// Releases a lock: deletes its ownership key in etcd and lets the next local waiter in.
-    ///
-    /// If etcd does not confirm the delete (a timeout under load, a connection reset), the
-    /// key may still exist, kept alive by this client's session: every other client would
-    /// wait for it forever. So the delete is retried in the background, with backoff, until
-    /// etcd confirms it or the session lease is gone; the local guard is held until then so
-    /// that a task of this client cannot re-acquire the name under the same lease only to
-    /// lose it to the retried delete. The error is still returned for the caller to log.
     pub(crate) async fn unlock(
         self: &Arc<Self>,
-        mut client: LockClient,
+        backend: &EtcdBackend,
         lock: LockKey,
     ) -> Result<(), Error> {
-        let result = with_timeout("unlock", self.timeout, client.unlock(lock.key.clone())).await;
         let guard = self
             .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&lock.key);
-        match result {
+        self.release(backend.clone(), lock.name, lock.key, guard)
+            .await
+    }
+
+    /// Deletes a lock key (held or waiting), then drops the local guard of its name.
+    ///
+    /// If etcd does not confirm the delete (a timeout under load, a connection reset), the
+    /// key may still exist, kept alive by this client's session: every other client would
+    /// wait for it forever. So the delete is retried in the background, with backoff, until
+    /// etcd confirms it; the local guard is held until then so that a task of this client
+    /// cannot re-acquire the name under the same lease only to lose it to the retried delete.
+    /// The error is still returned for the caller to log.
+    async fn release(
+        self: &Arc<Self>,
+        backend: EtcdBackend,
+        name: String,
+        key: String,
+        guard: Option<OwnedMutexGuard<()>>,
+    ) -> Result<(), Error> {
+        match backend.delete(&key).await {
             Ok(_) => {
                 drop(guard);
-                self.forget_local(&lock.name);
+                self.forget_local(&name);
                 Ok(())
             }
             Err(error) => {
-                tracing::warn!(key = %lock.key, %error, "unlock not confirmed; retrying in the background");
+                tracing::warn!(%key, %error, "lock release not confirmed; retrying in the background");
                 let sessions = Arc::clone(self);
                 tokio::spawn(async move {
-                    sessions.retry_unlock(client, &lock.key).await;
+                    retry_delete(&backend, &key).await;
                     drop(guard);
-                    sessions.forget_local(&lock.name);
+                    sessions.forget_local(&name);
                 });
-                Err(error)
+                Err(match error {
+                    Error::Unavailable { message, .. } => Error::Unavailable {
+                        op: "unlock",
+                        message,
+                    },
+                    other => other,
+                })
             }
         }
     }
 
-    /// Deletes a lock's ownership key until etcd confirms it (a missing key or lease counts).
-    async fn retry_unlock(&self, client: LockClient, key: &str) {
-        let mut delay = UNLOCK_RETRY_MIN;
-        loop {
-            tokio::time::sleep(delay).await;
-            let mut client = client.clone();
-            match with_timeout("unlock", self.timeout, client.unlock(key.to_owned())).await {
-                Ok(_) => {
-                    tracing::info!(key, "lock released after retrying");
-                    return;
-                }
-                Err(Error::LeaseNotFound(_)) => return,
-                Err(error) => {
-                    tracing::warn!(key, %error, "unlock still not confirmed; retrying");
-                    delay = (delay * 2).min(UNLOCK_RETRY_MAX);
-                }
-            }
-        }
-    }
-
-    async fn acquire(&self, client: LockClient, name: &str) -> Result<String, Error> {
+    /// etcd's mutex algorithm, client side, as upstream Cilium runs it: write a waiting key
+    /// `<name>/<lease hex>` on the lock session, then wait until no key under `<name>/` was
+    /// created before it. The holder is the oldest key; releasing deletes it; a holder whose
+    /// session dies loses its key with the lease. (etcd's own lock service runs the same
+    /// algorithm on the server, but stalled here with many concurrent waiters.)
+    async fn acquire(
+        &self,
+        backend: &EtcdBackend,
+        name: &str,
+        waiter: &mut Waiter,
+    ) -> Result<String, Error> {
+        let prefix = format!("{name}/");
         let mut renewed = false;
-        loop {
+        let (key, my_revision) = loop {
             let lease = self.session().await?;
-            let mut client = client.clone();
-            // No request timeout: waiting for the current holder is the point. The caller bounds
-            // the wait; dropping this future cancels the request and etcd withdraws the waiter.
-            match client
-                .lock(name, Some(LockOptions::new().with_lease(lease.0)))
-                .await
-            {
-                Ok(response) => {
-                    return String::from_utf8(response.key().to_vec()).map_err(|_| {
-                        Error::Backend {
-                            op: "lock",
-                            message: "etcd returned a lock key that is not UTF-8".to_owned(),
-                        }
-                    });
-                }
-                Err(error) if is_lease_not_found(&error) && !renewed => {
+            let key = format!("{prefix}{lease}");
+            // Recorded before the write, so that a cancelled acquisition withdraws the key.
+            waiter.key = Some(key.clone());
+            match backend.create_only(&key, Vec::new(), Some(lease)).await {
+                Ok(_) => {}
+                Err(Error::LeaseNotFound(_)) if !renewed => {
                     tracing::info!(lease = %lease, "lock session lease is gone; granting a new one");
                     self.invalidate(lease).await;
                     renewed = true;
+                    continue;
                 }
-                Err(error) => return Err(map_error("lock", error)),
+                Err(error) => return Err(error),
+            }
+            match backend.get(&key).await? {
+                Some(kv) => break (key, kv.create_revision),
+                // The lease expired between the write and the read.
+                None if !renewed => {
+                    self.invalidate(lease).await;
+                    renewed = true;
+                }
+                None => return Err(Error::LeaseNotFound(lease)),
+            }
+        };
+        let lost = || Error::Backend {
+            op: "lock",
+            message: format!("the lock session lost its key {key} while waiting"),
+        };
+        loop {
+            let listing = backend.list_prefix(&prefix).await?;
+            if !listing.kvs.iter().any(|kv| kv.key == key) {
+                return Err(lost());
+            }
+            let mut earlier: BTreeSet<String> = listing
+                .kvs
+                .iter()
+                .filter(|kv| kv.create_revision < my_revision)
+                .map(|kv| kv.key.clone())
+                .collect();
+            if earlier.is_empty() {
+                return Ok(key);
+            }
+            let mut events = match backend
+                .watch(&prefix, WatchFrom::AfterRevision(listing.revision))
+                .await
+            {
+                Ok(events) => events,
+                Err(Error::Compacted { .. }) => continue,
+                Err(error) => return Err(error),
+            };
+            while !earlier.is_empty() {
+                match events.next().await {
+                    Some(Ok(WatchEvent::Delete { key: gone, .. })) => {
+                        if gone == key {
+                            return Err(lost());
+                        }
+                        earlier.remove(&gone);
+                    }
+                    Some(Ok(_)) => {}
+                    // History gone or the stream ended: list again and carry on.
+                    Some(Err(Error::Compacted { .. })) | None => break,
+                    Some(Err(error)) => return Err(error),
+                }
             }
         }
     }
@@ -245,6 +304,65 @@ async fn keep_session_alive(
             Err(error) => {
                 tracing::warn!(lease = %lease, %error, "cannot refresh lock session lease; retrying");
                 delay = KEEPALIVE_RETRY;
+            }
+        }
+    }
+}
+
+/// A lock acquisition in progress. If it is abandoned (an error, or the caller dropped the
+/// future), its waiting key is withdrawn so that nobody waits for it, and only then is the
+/// local guard of the name released.
+struct Waiter {
+    sessions: Arc<LockSessions>,
+    backend: EtcdBackend,
+    name: String,
+    key: Option<String>,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Waiter {
+    /// The acquisition succeeded: keep the key, hand over the local guard.
+    fn disarm(mut self) -> Option<OwnedMutexGuard<()>> {
+        self.key = None;
+        self.guard.take()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let guard = self.guard.take();
+        let Some(key) = self.key.take() else {
+            drop(guard);
+            self.sessions.forget_local(&self.name);
+            return;
+        };
+        let (sessions, backend, name) = (
+            Arc::clone(&self.sessions),
+            self.backend.clone(),
+            self.name.clone(),
+        );
+        // Drop cannot wait; the delete runs on the runtime, holding the local guard.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = sessions.release(backend, name, key, guard).await;
+            });
+        }
+    }
+}
+
+/// Deletes `key` until etcd confirms it.
+async fn retry_delete(backend: &EtcdBackend, key: &str) {
+    let mut delay = UNLOCK_RETRY_MIN;
+    loop {
+        tokio::time::sleep(delay).await;
+        match backend.delete(key).await {
+            Ok(_) => {
+                tracing::info!(key, "lock key deleted after retrying");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(key, %error, "lock key delete still not confirmed; retrying");
+                delay = (delay * 2).min(UNLOCK_RETRY_MAX);
             }
         }
     }
