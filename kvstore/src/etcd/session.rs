@@ -20,7 +20,7 @@ use futures::StreamExt;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 
-use crate::backend::{Backend, BackendExt, LeaseId, LockKey, WatchEvent, WatchFrom};
+use crate::backend::{Backend, Compare, LeaseId, LockKey, Txn, TxnOp, WatchEvent, WatchFrom};
 use crate::error::Error;
 
 use super::{EtcdBackend, keep_alive_once, with_timeout};
@@ -177,7 +177,21 @@ impl LockSessions {
             let key = format!("{prefix}{lease}");
             // Recorded before the write, so that a cancelled acquisition withdraws the key.
             waiter.key = Some(key.clone());
-            match backend.create_only(&key, Vec::new(), Some(lease)).await {
+            let created = backend
+                .txn(Txn {
+                    compares: vec![Compare::missing(key.clone())],
+                    success: vec![TxnOp::Put {
+                        key: key.clone(),
+                        value: Vec::new(),
+                        lease: Some(lease),
+                    }],
+                    failure: vec![],
+                })
+                .await;
+            match created {
+                // The key was written by this transaction, so it was created at its revision:
+                // no read needed on the common path.
+                Ok(response) if response.succeeded => break (key, response.revision),
                 Ok(_) => {}
                 Err(Error::LeaseNotFound(_)) if !renewed => {
                     tracing::info!(lease = %lease, "lock session lease is gone; granting a new one");
@@ -187,6 +201,7 @@ impl LockSessions {
                 }
                 Err(error) => return Err(error),
             }
+            // The key already existed (left by an earlier acquisition of this session).
             match backend.get(&key).await? {
                 Some(kv) => break (key, kv.create_revision),
                 // The lease expired between the write and the read.
