@@ -13,6 +13,8 @@
 //!   and optionally published to the kvstore.
 //! - [`service`]: services from the API to the datapath's load-balancing maps, with rev-NAT and
 //!   backend id allocation.
+//! - [`persist`]: snapshots that survive a restart (IPAM, policy rules), as atomically
+//!   replaced JSON files or in memory.
 //! - [`ipam`]: host-scope address allocation from the node's pod CIDR, persisted in the state
 //!   dir.
 //!
@@ -29,5 +31,6 @@ pub mod endpoint;
 pub mod identity;
 pub mod ipam;
 pub mod ipcache;
+pub mod persist;
 pub mod policy;
 pub mod service;

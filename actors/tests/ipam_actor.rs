@@ -1,12 +1,13 @@
 //! IPAM actor tests: exhaustion, no double allocation under random allocate/release sequences,
 //! restore after a restart from the state file, and refusal of a corrupt state file.
 
+use actors::persist::SnapshotStore;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use actix::Actor;
 use actors::ipam::{
-    AllocateIp, Dump, FileIpamStore, IpamActor, IpamError, IpamState, IpamStore, IpamStoreError,
+    AllocateIp, Dump, FileIpamStore, IpamActor, IpamError, IpamState, IpamStoreError,
     MemoryIpamStore, ReleaseIp, ReservedAddress,
 };
 use ipnet::Ipv4Net;

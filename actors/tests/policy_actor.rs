@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
 use actors::identity::IdentitiesChanged;
+use actors::persist::SnapshotStore;
 use actors::policy::{
     CidrIdentitiesWanted, Dump, EndpointPolicyWait, EndpointPolicyWanted, EndpointRemoved,
     FilePolicyStore, IdentityAdded, IdentityRemoved, MemoryPolicyStore, PolicyConfig, PolicyDelete,
     PolicyError, PolicyImport, PolicyRepository, PolicySnapshot, PolicySource, PolicyState,
-    PolicyStore, PolicyWait, Revision, policy_name_labels,
+    PolicyWait, Revision, policy_name_labels,
 };
 use datapath::api::{Direction, EndpointId, PolicyEntry, PolicyKey, Protocol};
 use datapath::reconciler::messages::SetEndpointPolicy;
