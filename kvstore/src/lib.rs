@@ -10,6 +10,7 @@
 //! - `etcd` (feature `etcd`, on by default): the etcd backend, with reconnect and watch resume.
 //! - [`keys`]: Cilium's key layout under `cilium/` and the typed values stored there.
 //! - [`allocator`]: the cluster-wide identity allocator and its garbage collector.
+//! - [`lease`]: the agent's lease, renewed, and replaced (with notice) when lost.
 //! - `testing` (feature `test-util`): the conformance suite and a private etcd for tests.
 
 pub mod allocator;
@@ -20,6 +21,7 @@ pub mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod keys;
+pub mod lease;
 pub mod memory;
 #[cfg(feature = "test-util")]
 pub mod testing;

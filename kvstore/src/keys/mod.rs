@@ -10,13 +10,14 @@
 //! - this module: prefix constants and key builders/parsers.
 //! - [`store`]: [`TypedStore`], a typed view of one prefix with list, get, upsert, delete and
 //!   a watch that skips undecodable values.
-//! - [`ipcache`], [`node`], [`service`], [`cluster_config`]: the value types.
+//! - [`ipcache`], [`node`], [`service`], [`cluster_config`], [`ipam`]: the value types.
 //! - [`canary`]: sync canaries and the heartbeat.
 
 mod gojson;
 
 pub mod canary;
 pub mod cluster_config;
+pub mod ipam;
 pub mod ipcache;
 pub mod node;
 pub mod service;
@@ -32,6 +33,7 @@ pub use canary::{
 };
 pub use cluster_config::{Capabilities, ClusterConfig, read_cluster_config, write_cluster_config};
 pub use gojson::IpMask;
+pub use ipam::IpamAllocation;
 pub use ipcache::{IpCacheEntry, NamedPort};
 pub use node::{Node, NodeAddress, NodeCidr};
 pub use service::{BackendZone, ClusterService, ForZone, L4Addr, PortConfiguration};
