@@ -111,7 +111,11 @@ impl IpCacheState {
                 .and_then(|claims| claims.get(&Source::Local))
                 == Some(&entry);
             if !unchanged {
-                effects.push(Effect::Publish(kvstore_entry(&key, &entry)));
+                effects.push(Effect::Publish(kvstore_entry(
+                    &key,
+                    &entry,
+                    self.settings.node_ip,
+                )));
             }
         }
         let claims = self.claims.entry(key).or_default();
@@ -192,7 +196,7 @@ impl IpCacheState {
             .filter_map(|(key, claims)| {
                 claims
                     .get(&Source::Local)
-                    .map(|entry| kvstore_entry(key, entry))
+                    .map(|entry| kvstore_entry(key, entry, self.settings.node_ip))
             })
             .collect()
     }
@@ -270,7 +274,10 @@ pub fn parse_prefix_name(name: &str) -> Option<IpNet> {
 }
 
 /// The kvstore form of this node's claim on `key`.
-fn kvstore_entry(key: &IpcacheKey, entry: &IpEntry) -> IpCacheEntry {
+/// The kvstore form of a local claim. Endpoints hosted here carry no host IP of their own;
+/// the published entry names this node as their host (upstream's `HostIP`), which is how
+/// other nodes find the tunnel endpoint and ignore their own entries.
+fn kvstore_entry(key: &IpcacheKey, entry: &IpEntry, node_ip: Option<IpAddr>) -> IpCacheEntry {
     let prefix = key.prefix();
     let host = prefix.prefix_len() == prefix.max_prefix_len();
     let k8s = entry.k8s.clone().unwrap_or_default();
@@ -279,7 +286,7 @@ fn kvstore_entry(key: &IpcacheKey, entry: &IpEntry) -> IpCacheEntry {
         mask: (!host)
             .then(|| IpMask::from_prefix_len(prefix.prefix_len(), prefix.max_prefix_len()))
             .flatten(),
-        host_ip: entry.host_ip,
+        host_ip: entry.host_ip.or(node_ip),
         id: entry.identity,
         encrypt_key: entry.encrypt_key,
         metadata: entry.metadata.clone(),
@@ -377,6 +384,30 @@ mod tests {
             panic!("{effects:?}");
         };
         assert_eq!(info.tunnel_endpoint, Some("192.168.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn published_local_claims_name_this_node_as_host() {
+        let node: IpAddr = "192.168.0.1".parse().unwrap();
+        let mut state = IpCacheState::new(IpCacheSettings {
+            node_ip: Some(node),
+            publish_local: true,
+        });
+        let (_, effects) = state.upsert(
+            key("10.0.0.9/32"),
+            Source::Local,
+            IpEntry::identity(id(300)),
+        );
+        let Some(Effect::Publish(published)) = effects.first() else {
+            panic!("{effects:?}");
+        };
+        assert_eq!(published.host_ip, Some(node));
+        assert_eq!(state.local_entries()[0].host_ip, Some(node));
+        // The datapath entry of a pod of this node still has no tunnel endpoint.
+        let Some(Effect::Upsert(_, info)) = effects.get(1) else {
+            panic!("{effects:?}");
+        };
+        assert_eq!(info.tunnel_endpoint, None);
     }
 
     #[test]
