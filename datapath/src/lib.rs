@@ -18,6 +18,9 @@
 //!   namespace, and the pinned links that keep enforcing while no agent runs.
 //! - [`link`]: [`link::NetlinkLinks`], the [`api::EndpointLinks`] over rtnetlink: each
 //!   endpoint's veth pair, pod address and routes, the node's route and neighbour entry.
+//! - [`routes`]: the [`routes::NodeRoutes`] to other nodes' pod CIDRs (native routes over
+//!   the underlay or VXLAN through `cilium_vxlan`): kernel routing state, not BPF maps, driven
+//!   by the node manager; netlink under `kernel`, a recording fake under `test-util`.
 //! - [`monitor`]: the event reader: `cilium_events` ring-buffer records -> typed
 //!   [`monitor::MonitorEvent`]s, `cilium-dbg monitor`-style lines and type filters.
 //! - [`reconciler`]: the Datapath actor, the single writer of every map (desired state,
@@ -53,6 +56,7 @@ pub mod maps;
 #[cfg(feature = "kernel")]
 pub mod monitor;
 pub mod reconciler;
+pub mod routes;
 #[cfg(feature = "kernel")]
 mod sys;
 #[cfg(feature = "test-util")]
