@@ -17,20 +17,23 @@
 //!   replaced JSON files or in memory.
 //! - [`ipam`]: host-scope address allocation from the node's pod CIDR, persisted in the state
 //!   dir.
-//!
 //! - [`endpoint`]: the endpoint manager: pod endpoints from creation (address, veth pair,
 //!   identity, datapath, policy) to removal, persisted and restored across restarts.
-//!
-//! Not yet here: the node manager.
+//! - [`node`]: the node manager (peers): this node's record in the kvstore, the other nodes
+//!   of the cluster, routes (native or VXLAN) to their pod CIDRs, ipcache claims on node IPs.
+//! - [`clusterstate`]: cluster-wide policies and services read from the kvstore (DESIGN 4.5
+//!   ext) and handed to the policy repository and the service manager.
 //!
 //! Architecture invariant: this crate talks to the datapath and the kvstore only through
 //! `datapath::api::Datapath` / the Datapath actor's messages and `kvstore::Backend`; it links
 //! neither aya nor etcd-client (`.ci/run` checks it).
 
+pub mod clusterstate;
 pub mod endpoint;
 pub mod identity;
 pub mod ipam;
 pub mod ipcache;
+pub mod node;
 pub mod persist;
 pub mod policy;
 pub mod service;
