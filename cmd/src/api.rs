@@ -257,10 +257,37 @@ pub struct BpfMap {
     pub cache: Vec<BpfMapEntry>,
 }
 
+/// One address family of a node (upstream `NodeAddressingElement`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddressingElement {
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "alloc-range"
+    )]
+    pub alloc_range: Option<String>,
+}
+
+/// A node's addresses (upstream `NodeAddressing`; IPv4 only here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddressing {
+    pub ipv4: NodeAddressingElement,
+}
+
 /// A node of the cluster (upstream `NodeElement`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeElement {
     pub name: String,
+    /// The node's underlay address and pod CIDR (known in kvstore mode).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "primary-address"
+    )]
+    pub primary_address: Option<NodeAddressing>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

@@ -11,18 +11,35 @@
 //! the repository's CIDR identity requests, upserting those identities into the ipcache
 //! (source `generated`, as upstream). API-imported rules are persisted in the state dir and
 //! restored before any endpoint, so restored endpoints get the policy they had.
+//!
+//! In kvstore mode ([`ClusterMembership`]) the agent also joins its cluster: the ipcache
+//! publishes local endpoints and reads the other nodes' ones, the node manager publishes this
+//! node and routes to the others' pod CIDRs, the policy and service watchers import the
+//! cluster-wide policies and services, and a replaced lease makes every publisher write its
+//! keys again. The kvstore being unreachable changes nothing in the datapath.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use actix::{Actor, Addr, Arbiter, AsyncContext, Context};
+use actix::{Actor, Addr, Arbiter, AsyncContext, Context, Recipient};
+use actors::clusterstate::{
+    ClusterStateError, FileImportedPoliciesStore, FileServiceRecordStore, PolicyWatcher,
+    PolicyWatcherConfig, PolicyWatcherOutputs, ServiceWatcher, ServiceWatcherConfig,
+    ServiceWatcherOutputs,
+};
 use actors::endpoint::{
     EndpointConfig, EndpointError, EndpointManager, EndpointOutputs, RestoreEndpoints,
 };
 use actors::identity::{IdentityActor, IdentityBackend, IdentityConfig, RestoreCidrIdentities};
 use actors::ipam::{FileIpamStore, IpamActor, IpamError};
-use actors::ipcache::{IpCacheActor, IpCacheConfig, IpCacheOutputs};
+use actors::ipcache::{
+    IpCacheActor, IpCacheConfig, IpCacheOutputs, KvstoreLeaseChanged, KvstoreSyncConfig,
+};
+use actors::node::{
+    NodeIpcacheOutputs, NodeKvstoreConfig, NodeLeaseChanged, NodeManager, NodeManagerConfig,
+};
 use actors::policy::{
     EnforcementMode, FilePolicyStore, PolicyConfig, PolicyError, PolicyRepository, PolicyState,
 };
@@ -33,8 +50,14 @@ use datapath::api::{Datapath, EndpointLinks, MapKey, MapName, MapValue};
 use datapath::reconciler::{
     DatapathActor, DatapathActorConfig, InitialSyncDone, ListMap, ReconcileError,
 };
+use datapath::routes::NodeRoutes;
 use ipnet::Ipv4Net;
+use kvstore::allocator::IdentityAllocator;
+use kvstore::lease::LeaseKeeper;
+use kvstore::{Backend, LeaseId};
 use model::identity::{ClusterId, ClusterName};
+
+use crate::kvstore_mode::local_node;
 
 /// How identities are kept, as the health answer reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +66,20 @@ pub enum KvstoreMode {
     Disabled,
     /// `--kvstore etcd`, with the endpoints it talks to.
     Etcd { endpoints: Vec<String> },
+}
+
+/// What an agent in kvstore mode shares with the rest of its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterMembership {
+    pub backend: Arc<dyn Backend>,
+    /// The agent's lease; every key it publishes hangs off it, and a replacement lease makes
+    /// every publisher write its keys again.
+    pub lease: Arc<LeaseKeeper>,
+    /// This node's underlay address: published in the node record and as every local
+    /// ipcache entry's host.
+    pub node_ip: Ipv4Addr,
+    /// Routes (or tunnels) to other nodes' pod CIDRs.
+    pub routes: Arc<dyn NodeRoutes>,
 }
 
 /// What the agent needs to start, already parsed and validated by the binary (or a test).
@@ -60,6 +97,8 @@ pub struct AgentConfig {
     pub map_dir: PathBuf,
     pub identity_backend: IdentityBackend,
     pub kvstore: KvstoreMode,
+    /// Kvstore mode: publish this node and its endpoints, learn the other nodes'.
+    pub cluster: Option<ClusterMembership>,
     pub hubble_enabled: bool,
 }
 
@@ -89,6 +128,15 @@ pub enum StartError {
         #[source]
         source: PolicyError,
     },
+    #[error(
+        "cannot read the record of kvstore policies and services in {state_dir}: fix or remove \
+         kvstore-policies.json / kvstore-services.json there"
+    )]
+    ClusterState {
+        state_dir: PathBuf,
+        #[source]
+        source: ClusterStateError,
+    },
     #[error("the {actor} stopped during start-up")]
     ActorGone { actor: &'static str },
     #[error("cannot restore the endpoints of the previous agent from {state_dir}")]
@@ -109,6 +157,8 @@ pub struct AgentHandles {
     pub ipcache: Addr<IpCacheActor>,
     pub services: Addr<ServiceManager>,
     pub ipam: Option<Addr<IpamActor>>,
+    /// Present in kvstore mode: this node's record and the routes to the others.
+    pub nodes: Option<Addr<NodeManager>>,
     /// Present with IPAM: endpoints need addresses.
     pub endpoints: Option<Addr<EndpointManager>>,
     /// Set by [`Agent::restore`] once the restore is complete and the datapath may prune.
@@ -173,8 +223,12 @@ pub async fn start_agent(
 
     let ipcache = IpCacheActor::new(
         IpCacheConfig {
-            node_ip: None,
-            kvstore: None,
+            node_ip: config.cluster.as_ref().map(|c| IpAddr::V4(c.node_ip)),
+            kvstore: config.cluster.as_ref().map(|c| KvstoreSyncConfig {
+                backend: Arc::clone(&c.backend),
+                lease: c.lease.lease(),
+                consume: true,
+            }),
         },
         IpCacheOutputs {
             upsert: datapath.clone().recipient(),
@@ -246,6 +300,40 @@ pub async fn start_agent(
             actor: "policy repository",
         })?;
 
+    // Kvstore mode: cluster-wide policies and services come from the kvstore as well.
+    if let Some(cluster) = &config.cluster {
+        let cluster_state_error = |source| StartError::ClusterState {
+            state_dir: config.state_dir.clone(),
+            source,
+        };
+        PolicyWatcher::new(
+            PolicyWatcherConfig {
+                backend: Arc::clone(&cluster.backend),
+                record: Box::new(FileImportedPoliciesStore::in_state_dir(&config.state_dir)),
+            },
+            PolicyWatcherOutputs {
+                import: policy.clone().recipient(),
+                delete: policy.clone().recipient(),
+            },
+        )
+        .map_err(cluster_state_error)?
+        .start();
+        ServiceWatcher::new(
+            ServiceWatcherConfig {
+                backend: Arc::clone(&cluster.backend),
+                cluster: config.cluster_name.as_str().to_owned(),
+                record: Box::new(FileServiceRecordStore::in_state_dir(&config.state_dir)),
+            },
+            ServiceWatcherOutputs {
+                upsert: services.clone().recipient(),
+                delete: services.clone().recipient(),
+                list: services.clone().recipient(),
+            },
+        )
+        .map_err(cluster_state_error)?
+        .start();
+    }
+
     let ipam = match config.ipv4_range {
         Some(range) => {
             let store = FileIpamStore::in_state_dir(&config.state_dir);
@@ -296,6 +384,45 @@ pub async fn start_agent(
         }
     };
 
+    let nodes = match &config.cluster {
+        Some(cluster) => {
+            let local = local_node(
+                &config.cluster_name,
+                config.cluster_id,
+                &config.node_name,
+                cluster.node_ip,
+                config.ipv4_range,
+            );
+            let manager = NodeManager::new(NodeManagerConfig {
+                cluster: config.cluster_name.clone(),
+                cluster_id: config.cluster_id,
+                local,
+                kvstore: Some(NodeKvstoreConfig {
+                    backend: Arc::clone(&cluster.backend),
+                    lease: cluster.lease.lease(),
+                }),
+                routes: Arc::clone(&cluster.routes),
+                ipcache: Some(NodeIpcacheOutputs {
+                    upsert: ipcache.clone().recipient(),
+                    delete: ipcache.clone().recipient(),
+                }),
+            })
+            .start();
+            let allocator = match &config.identity_backend {
+                IdentityBackend::Kvstore { allocator, .. } => Some(Arc::clone(allocator)),
+                IdentityBackend::Local => None,
+            };
+            actix::spawn(republish_on_new_lease(
+                cluster.lease.subscribe(),
+                allocator,
+                ipcache.clone().recipient(),
+                manager.clone().recipient(),
+            ));
+            Some(manager)
+        }
+        None => None,
+    };
+
     Ok(Agent {
         handles: AgentHandles {
             config,
@@ -305,6 +432,7 @@ pub async fn start_agent(
             ipcache,
             services,
             ipam,
+            nodes,
             endpoints,
             ready: Arc::new(AtomicBool::new(false)),
         },
@@ -351,5 +479,32 @@ impl Agent {
         h.ready.store(true, Ordering::Release);
         tracing::info!(node = %h.config.node_name, "restore complete, initial sync done");
         Ok(())
+    }
+}
+
+/// Writes every key of this agent again when its lease was replaced: identity slave keys,
+/// ipcache entries and the node record. Ends when the lease keeper goes.
+async fn republish_on_new_lease(
+    mut leases: tokio::sync::watch::Receiver<LeaseId>,
+    allocator: Option<Arc<IdentityAllocator>>,
+    ipcache: Recipient<KvstoreLeaseChanged>,
+    nodes: Recipient<NodeLeaseChanged>,
+) {
+    while leases.changed().await.is_ok() {
+        let lease = *leases.borrow_and_update();
+        nodes.do_send(NodeLeaseChanged { lease });
+        ipcache.do_send(KvstoreLeaseChanged { lease });
+        if let Some(allocator) = &allocator {
+            match allocator.resync(lease).await {
+                Ok(keys) => {
+                    tracing::info!(keys, %lease, "identity keys written under the new lease")
+                }
+                Err(error) => tracing::error!(
+                    %error,
+                    "cannot write identity keys under the new lease; other nodes may miss this \
+                     node's identities until the next allocation"
+                ),
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`api`]: the REST API's bodies, with upstream's JSON field names.
 //! - [`daemon`]: starts the actors and wires their recipients; usable over the fake datapath.
+//! - [`kvstore_mode`]: the node record and the wait for an operator-allocated pod CIDR.
 //! - [`server`]: the axum router over the unix socket (base `/v1`), errors as JSON.
 //! - [`metrics`]: the Prometheus text the agent serves, computed from the actors on scrape.
 //! - [`client`]: the HTTP-over-unix-socket client cilium-dbg and cilium-cni use.
@@ -13,7 +14,9 @@
 
 pub mod api;
 pub mod client;
+pub mod cluster_cli;
 pub mod cni;
 pub mod daemon;
+pub mod kvstore_mode;
 pub mod metrics;
 pub mod server;

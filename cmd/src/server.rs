@@ -40,9 +40,9 @@ use tokio::net::UnixListener;
 
 use crate::api::{
     self, AddressPair, BpfMap, BpfMapEntry, BpfMapList, BpfMapSummary, ClusterInfo,
-    ClusterNodeStatus, IpamAddressResponse, IpamResponse, IpamStatus, NodeElement,
-    PolicyDeleteRequest, PolicyDeleteResponse, PolicyStatus, SelectorIdentityMapping,
-    StatusResponse, SubsystemStatus,
+    ClusterNodeStatus, IpamAddressResponse, IpamResponse, IpamStatus, NodeAddressing,
+    NodeAddressingElement, NodeElement, PolicyDeleteRequest, PolicyDeleteResponse, PolicyStatus,
+    SelectorIdentityMapping, StatusResponse, SubsystemStatus,
 };
 use crate::daemon::{AgentHandles, KvstoreMode};
 
@@ -583,21 +583,51 @@ async fn service_delete(
 }
 
 async fn cluster_nodes(State(h): State<AgentHandles>) -> ApiResult<Json<ClusterNodeStatus>> {
-    let name = format!("{}/{}", h.config.cluster_name.as_str(), h.config.node_name);
-    let (cidr, router) = match &h.ipam {
-        Some(ipam) => {
-            let dump = ask(ipam, actors::ipam::Dump, "IPAM").await?;
-            (Some(dump.range.to_string()), Some(dump.router))
-        }
-        None => (None, None),
+    let self_name = format!("{}/{}", h.config.cluster_name.as_str(), h.config.node_name);
+    let router = match &h.ipam {
+        Some(ipam) => Some(ask(ipam, actors::ipam::Dump, "IPAM").await?.router),
+        None => None,
     };
+    let Some(nodes) = &h.nodes else {
+        return Ok(Json(ClusterNodeStatus {
+            self_name: self_name.clone(),
+            nodes_added: vec![NodeElement {
+                name: self_name,
+                primary_address: None,
+                ipv4_alloc_cidr: h.config.ipv4_range.map(|range| range.to_string()),
+                ipv4_router: router,
+            }],
+        }));
+    };
+    // The local node comes first, then every peer of the cluster.
+    let records = ask(nodes, actors::node::ListNodes, "node manager").await?;
+    let nodes_added = records
+        .into_iter()
+        .enumerate()
+        .map(|(index, node)| {
+            let cidr = node.ipv4_alloc_cidr.as_ref().map(|c| c.net().to_string());
+            let ip = node
+                .ip_addresses
+                .iter()
+                .find_map(|a| a.ip.filter(|ip| ip.is_ipv4()))
+                .map(|ip| ip.to_string());
+            NodeElement {
+                name: format!("{}/{}", node.cluster, node.name),
+                primary_address: Some(NodeAddressing {
+                    ipv4: NodeAddressingElement {
+                        enabled: true,
+                        ip,
+                        alloc_range: cidr.clone(),
+                    },
+                }),
+                ipv4_alloc_cidr: cidr,
+                ipv4_router: if index == 0 { router } else { None },
+            }
+        })
+        .collect();
     Ok(Json(ClusterNodeStatus {
-        self_name: name.clone(),
-        nodes_added: vec![NodeElement {
-            name,
-            ipv4_alloc_cidr: cidr,
-            ipv4_router: router,
-        }],
+        self_name,
+        nodes_added,
     }))
 }
 

@@ -3,6 +3,7 @@
 //! on the unix socket and Prometheus metrics, and stops on SIGTERM/SIGINT without tearing the
 //! datapath down: programs, links and maps stay pinned and keep enforcing.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,20 +11,21 @@ use std::time::Duration;
 use actors::identity::IdentityBackend;
 use actors::policy::EnforcementMode;
 use anyhow::{Context as _, anyhow, bail};
-use cilium_cmd::daemon::{AgentConfig, KvstoreMode, start_agent};
+use cilium_cmd::daemon::{AgentConfig, ClusterMembership, KvstoreMode, start_agent};
+use cilium_cmd::kvstore_mode::{local_node, wait_for_pod_cidr};
 use cilium_cmd::{metrics, server};
 use clap::{Parser, ValueEnum};
+use datapath::routes::{NetlinkNodeRoutes, RoutingMode};
 use datapath::{KernelDatapath, LoadOptions};
 use ipnet::Ipv4Net;
 use kvstore::Backend;
 use kvstore::allocator::IdentityAllocator;
 use kvstore::config::EtcdConfig;
 use kvstore::etcd::EtcdBackend;
+use kvstore::lease::LeaseKeeper;
 use model::identity::{ClusterId, ClusterName};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// The kvstore lease of this agent's keys (upstream's default `--kvstore-lease-ttl`).
-const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
 /// `statfs` magic of a bpffs mount.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -39,12 +41,6 @@ enum Ipam {
     HostScope,
     #[value(name = "cluster-pool")]
     ClusterPool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum RoutingMode {
-    Native,
-    Tunnel,
 }
 
 #[derive(Debug, Parser)]
@@ -68,11 +64,20 @@ struct Flags {
     /// `etcd.config=FILE` (YAML with `endpoints`, optional TLS files); repeatable.
     #[arg(long = "kvstore-opt")]
     kvstore_opt: Vec<String>,
+    /// Lifetime of the lease carrying this agent's kvstore keys (`15m`, `30s`): how long its
+    /// node, endpoints and identities outlive a dead agent.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    kvstore_lease_ttl: Duration,
     #[arg(long, value_enum, default_value = "host-scope")]
     ipam: Ipam,
-    /// This node's pod CIDR.
+    /// This node's pod CIDR. With `--ipam cluster-pool` and no range, the agent waits for the
+    /// operator to allocate one.
     #[arg(long)]
     ipv4_range: Option<Ipv4Net>,
+    /// This node's IPv4 address on the underlay; default: the first IPv4 address of the first
+    /// of `--devices`.
+    #[arg(long)]
+    ipv4_node: Option<Ipv4Addr>,
     #[arg(long, default_value = cilium_cmd::client::DEFAULT_SOCKET)]
     socket_path: PathBuf,
     #[arg(long, default_value = "/var/run/cilium")]
@@ -83,7 +88,9 @@ struct Flags {
     /// Native devices (comma separated).
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
-    #[arg(long, value_enum, default_value = "native")]
+    /// `native`: pod CIDRs of other nodes are routed over the underlay; `tunnel`: through
+    /// VXLAN to the other node's address.
+    #[arg(long, default_value = "native")]
     routing_mode: RoutingMode,
     /// default, always or never.
     #[arg(long, default_value = "default")]
@@ -151,77 +158,87 @@ fn kvstore_opts(opts: &[String]) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// What kvstore mode gives the rest of the start: the identity backend, the health answer,
+/// the store and the agent's lease.
+struct Kvstore {
+    identity: IdentityBackend,
+    mode: KvstoreMode,
+    backend: Arc<dyn Backend>,
+    lease: LeaseKeeper,
+}
+
 /// Connects to etcd, takes the agent's lease and keeps it alive, and starts the identity
-/// allocator on it.
+/// allocator on it. Slave keys carry the node's IP, as upstream's do.
 async fn connect_kvstore(
     flags: &Flags,
-    node_name: &str,
+    node_ip: Ipv4Addr,
     cluster_id: ClusterId,
-) -> anyhow::Result<(IdentityBackend, KvstoreMode)> {
+) -> anyhow::Result<Kvstore> {
     let config = EtcdConfig::from_kvstore_opts(kvstore_opts(&flags.kvstore_opt)?)
         .context("invalid --kvstore-opt: pass etcd.config=FILE with an endpoints list")?;
     let endpoints = config.endpoints.clone();
+    tracing::info!(?endpoints, "connecting to etcd");
     let etcd = EtcdBackend::connect(&config).await.with_context(|| {
         format!("cannot connect to etcd at {endpoints:?}: is etcd running and reachable?")
     })?;
     let backend: Arc<dyn Backend> = Arc::new(etcd);
-    let lease = backend
-        .grant_lease(LEASE_TTL)
+    let lease = LeaseKeeper::start(Arc::clone(&backend), flags.kvstore_lease_ttl)
         .await
         .context("cannot take a lease from etcd")?;
     let allocator = Arc::new(
         IdentityAllocator::new(
             Arc::clone(&backend),
             cluster_id,
-            node_name.to_owned(),
-            lease,
+            node_ip.to_string(),
+            lease.lease(),
             std::process::id().into(),
         )
         .await
         .context("cannot list the cluster's identities in etcd")?,
     );
-    tokio::spawn(keep_lease_alive(
-        Arc::clone(&backend),
-        Arc::clone(&allocator),
+    Ok(Kvstore {
+        identity: IdentityBackend::Kvstore {
+            allocator,
+            backend: Arc::clone(&backend),
+        },
+        mode: KvstoreMode::Etcd { endpoints },
+        backend,
         lease,
-    ));
-    Ok((
-        IdentityBackend::Kvstore { allocator, backend },
-        KvstoreMode::Etcd { endpoints },
-    ))
+    })
 }
 
-/// Renews the lease at a third of its lifetime; a lost lease is replaced and the allocator's
-/// keys are written again with the new one.
-async fn keep_lease_alive(
-    backend: Arc<dyn Backend>,
-    allocator: Arc<IdentityAllocator>,
-    mut lease: kvstore::LeaseId,
-) {
-    let period = LEASE_TTL / 3;
-    loop {
-        tokio::time::sleep(period).await;
-        match backend.keep_alive(lease).await {
-            Ok(_) => continue,
-            Err(kvstore::Error::LeaseNotFound(_)) => {}
-            Err(error) => {
-                tracing::warn!(%error, "kvstore lease renewal failed; retrying");
-                continue;
-            }
-        }
-        match backend.grant_lease(LEASE_TTL).await {
-            Ok(new_lease) => {
-                lease = new_lease;
-                match allocator.resync(new_lease).await {
-                    Ok(keys) => tracing::info!(keys, "kvstore lease replaced, keys rewritten"),
-                    Err(error) => {
-                        tracing::error!(%error, "cannot rewrite keys under the new lease")
-                    }
-                }
-            }
-            Err(error) => tracing::warn!(%error, "cannot take a new kvstore lease; retrying"),
+/// The node's underlay address: `--ipv4-node`, else the first IPv4 address of the first of
+/// `--devices` that has one, else the first non-loopback IPv4 address of the namespace.
+fn node_ip(flags: &Flags) -> anyhow::Result<Ipv4Addr> {
+    if let Some(ip) = flags.ipv4_node {
+        return Ok(ip);
+    }
+    let addrs: Vec<(String, Ipv4Addr)> = nix::ifaddrs::getifaddrs()
+        .context("cannot list the node's addresses: pass --ipv4-node")?
+        .filter_map(|ifa| {
+            let ip = ifa.address.as_ref()?.as_sockaddr_in()?.ip();
+            Some((ifa.interface_name, ip))
+        })
+        .collect();
+    for device in &flags.devices {
+        if let Some((_, ip)) = addrs.iter().find(|(name, _)| name == device) {
+            return Ok(*ip);
         }
     }
+    if !flags.devices.is_empty() {
+        bail!(
+            "none of --devices {:?} has an IPv4 address: pass --ipv4-node or fix --devices",
+            flags.devices
+        );
+    }
+    addrs
+        .iter()
+        .find(|(_, ip)| !ip.is_loopback())
+        .map(|(name, ip)| {
+            tracing::info!(device = %name, %ip, "node address taken from the first device");
+            *ip
+        })
+        .ok_or_else(|| anyhow!("the node has no IPv4 address: pass --ipv4-node or --devices"))
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
@@ -235,14 +252,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let cluster_name = ClusterName::new(flags.cluster_name.clone())
         .with_context(|| format!("invalid --cluster-name {:?}", flags.cluster_name))?;
     let cluster_id = ClusterId::new(flags.cluster_id);
-    if flags.ipam == Ipam::ClusterPool && flags.ipv4_range.is_none() {
+    let wait_for_cidr = flags.ipam == Ipam::ClusterPool && flags.ipv4_range.is_none();
+    if wait_for_cidr && flags.kvstore.is_empty() {
         bail!(
-            "--ipam cluster-pool without --ipv4-range needs the operator to assign the pod CIDR, \
-             which this agent cannot wait for yet: pass --ipv4-range"
+            "--ipam cluster-pool without --ipv4-range waits for cilium-operator-generic to \
+             allocate the pod CIDR through the kvstore: pass --kvstore etcd --kvstore-opt \
+             etcd.config=FILE, or --ipv4-range"
         );
-    }
-    if flags.routing_mode == RoutingMode::Tunnel {
-        bail!("--routing-mode tunnel is not supported yet: use --routing-mode native");
     }
     if flags.clustermesh_config.is_some() {
         tracing::warn!("--clustermesh-config is not supported yet and is ignored");
@@ -257,10 +273,37 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         )
     })?;
 
-    let (identity_backend, kvstore) = match flags.kvstore.as_str() {
-        "" => (IdentityBackend::Local, KvstoreMode::Disabled),
-        "etcd" => connect_kvstore(&flags, &node_name, cluster_id).await?,
+    let kvstore = match flags.kvstore.as_str() {
+        "" => None,
+        "etcd" => {
+            let node_ip = node_ip(&flags)?;
+            tracing::info!(%node_ip, "node address");
+            Some((connect_kvstore(&flags, node_ip, cluster_id).await?, node_ip))
+        }
         other => bail!("--kvstore {other:?} is not supported: use etcd or leave it empty"),
+    };
+    let mut ipv4_range = flags.ipv4_range;
+    if wait_for_cidr && let Some((kv, node_ip)) = &kvstore {
+        let node = local_node(&cluster_name, cluster_id, &node_name, *node_ip, None);
+        ipv4_range =
+            Some(wait_for_pod_cidr(Arc::clone(&kv.backend), &node, kv.lease.lease()).await);
+    }
+    let (identity_backend, kvstore_mode, cluster) = match kvstore {
+        None => {
+            if flags.routing_mode == RoutingMode::Tunnel {
+                tracing::warn!("--routing-mode tunnel has no peers to reach without --kvstore");
+            }
+            (IdentityBackend::Local, KvstoreMode::Disabled, None)
+        }
+        Some((kv, node_ip)) => {
+            let membership = ClusterMembership {
+                backend: kv.backend,
+                lease: Arc::new(kv.lease),
+                node_ip,
+                routes: Arc::new(NetlinkNodeRoutes::new(flags.routing_mode, node_ip)),
+            };
+            (kv.identity, kv.mode, Some(membership))
+        }
     };
 
     ensure_bpffs(&flags.bpf_root)?;
@@ -284,11 +327,12 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         cluster_name,
         cluster_id,
         enforcement: flags.enable_policy,
-        ipv4_range: flags.ipv4_range,
+        ipv4_range,
         state_dir: flags.state_dir.clone(),
         map_dir,
         identity_backend,
-        kvstore,
+        kvstore: kvstore_mode,
+        cluster,
         hubble_enabled: flags.enable_hubble,
     };
     let links = Arc::new(datapath::link::NetlinkLinks::new());

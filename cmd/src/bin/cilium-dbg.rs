@@ -585,11 +585,15 @@ async fn node_list(ctx: &Ctx) -> anyhow::Result<()> {
     }
     let mut t = table(&["Name", "IPv4 Address", "Endpoint CIDR"]);
     for node in &nodes.nodes_added {
+        let address = node
+            .primary_address
+            .as_ref()
+            .and_then(|a| a.ipv4.ip.clone())
+            .or_else(|| node.ipv4_router.map(|ip| ip.to_string()))
+            .unwrap_or_default();
         t.add_row(vec![
             node.name.clone(),
-            node.ipv4_router
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
+            address,
             node.ipv4_alloc_cidr.clone().unwrap_or_default(),
         ]);
     }

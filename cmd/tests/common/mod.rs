@@ -61,6 +61,7 @@ impl TestAgent {
             map_dir: dir.path().join("bpf/tc/globals"),
             identity_backend: IdentityBackend::Local,
             kvstore: KvstoreMode::Disabled,
+            cluster: None,
             hubble_enabled: false,
         };
         std::fs::create_dir_all(&config.state_dir).expect("state dir");

@@ -1,0 +1,397 @@
+//! `cilium`: the cluster CLI. Without Kubernetes it writes the cluster's desired state to the
+//! kvstore, where every agent in kvstore mode watches it (DESIGN 4.5 ext): `policy` and
+//! `service` today; `lab`, `connectivity test` and `clustermesh status` join as further
+//! top-level subcommands.
+
+use std::io::Read as _;
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use actors::clusterstate::PolicyRef;
+use anyhow::{Context as _, anyhow, bail};
+use cilium_cmd::cluster_cli::policy::{
+    PolicyEntry, apply_policies, delete_all_policies, delete_policy, list_policies, parse_policies,
+};
+use cilium_cmd::cluster_cli::service::{
+    PROTOCOLS, apply_services, delete_service, list_services, parse_services, service_from_flags,
+};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use comfy_table::Table;
+use comfy_table::presets::NOTHING;
+use kvstore::Backend;
+use kvstore::config::EtcdConfig;
+use kvstore::etcd::EtcdBackend;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cilium",
+    version,
+    about = "Manage a Cilium cluster: its policies and services in the kvstore",
+    long_about = "Manage a Cilium cluster without Kubernetes. Policies and services are written \
+                  to the kvstore (etcd), where every agent running with --kvstore etcd picks \
+                  them up."
+)]
+struct Cli {
+    /// How to reach etcd, as the agent's flag: etcd.config=FILE (YAML with `endpoints`) or
+    /// etcd.address=URL. Repeatable.
+    #[arg(long = "kvstore-opt", global = true, env = "CILIUM_KVSTORE_OPT")]
+    kvstore_opt: Vec<String>,
+    /// The cluster whose services are managed.
+    #[arg(
+        long = "cluster-name",
+        global = true,
+        env = "CILIUM_CLUSTER_NAME",
+        default_value = "default"
+    )]
+    cluster_name: String,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "text"
+    )]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Network policies enforced by every agent of the cluster.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Load-balanced services of the cluster.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate every document of FILE, then write each (nothing is written if any is invalid).
+    Apply {
+        /// CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy documents,
+        /// YAML or JSON, several separated by `---`; `-` reads stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Delete a policy by name, or every policy with --all.
+    Delete {
+        /// The policy's name.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// The policy's namespace.
+        #[arg(
+            short = 'n',
+            long,
+            default_value = "default",
+            conflicts_with = "clusterwide"
+        )]
+        namespace: String,
+        /// The policy is a CiliumClusterwideNetworkPolicy (it has no namespace).
+        #[arg(long)]
+        clusterwide: bool,
+        /// Delete every policy of the cluster.
+        #[arg(long)]
+        all: bool,
+    },
+    /// List the stored policies (and why agents skip any of them).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Write services from FILE (ClusterService records) or from flags.
+    Apply(ServiceApply),
+    /// Delete a service.
+    Delete {
+        /// The service's name.
+        name: String,
+        /// The service's namespace.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// List the cluster's services.
+    List,
+}
+
+#[derive(Debug, Args)]
+struct ServiceApply {
+    /// ClusterService records (YAML or JSON, several separated by `---`); `-` reads stdin.
+    #[arg(short = 'f', long = "filename", conflicts_with_all = ["name", "frontend", "backends"])]
+    file: Option<PathBuf>,
+    /// The service's name (with --frontend).
+    #[arg(long, required_unless_present = "file", requires = "frontend")]
+    name: Option<String>,
+    /// The service's namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The frontend, IP:PORT.
+    #[arg(long, requires = "name")]
+    frontend: Option<SocketAddrV4>,
+    /// The backends, IP:PORT,IP:PORT,...
+    #[arg(long, value_delimiter = ',')]
+    backends: Vec<SocketAddrV4>,
+    /// tcp or udp.
+    #[arg(long, default_value = "tcp")]
+    protocol: String,
+    /// The name of the port (frontend and backends share it).
+    #[arg(long, default_value = "http")]
+    port_name: String,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.output == Output::Json;
+    match cli.command {
+        Command::Policy { command } => policy(command, &cli.kvstore_opt, json).await,
+        Command::Service { command } => {
+            service(command, &cli.kvstore_opt, &cli.cluster_name, json).await
+        }
+    }
+}
+
+async fn connect(opts: &[String]) -> anyhow::Result<Arc<dyn Backend>> {
+    if opts.is_empty() {
+        bail!(
+            "no kvstore given: pass --kvstore-opt etcd.config=FILE (or etcd.address=URL), \
+             or set CILIUM_KVSTORE_OPT"
+        );
+    }
+    let pairs = opts
+        .iter()
+        .map(|opt| {
+            opt.split_once('=')
+                .ok_or_else(|| anyhow!("--kvstore-opt {opt:?} is not KEY=VALUE (etcd.config=FILE)"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = EtcdConfig::from_kvstore_opts(pairs).context("invalid --kvstore-opt")?;
+    let backend = EtcdBackend::connect(&config)
+        .await
+        .with_context(|| format!("cannot connect to etcd at {:?}", config.endpoints))?;
+    Ok(Arc::new(backend))
+}
+
+fn read_input(path: &Path) -> anyhow::Result<String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read stdin")?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn namespace_of(entry: &PolicyEntry) -> &str {
+    entry.namespace.as_deref().unwrap_or("<clusterwide>")
+}
+
+async fn policy(command: PolicyCommand, opts: &[String], json: bool) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Apply { file } => {
+            // Validate before connecting: a bad file fails the same with or without etcd.
+            let documents = parse_policies(&read_input(&file)?)
+                .with_context(|| format!("{} was not applied", file.display()))?;
+            let backend = connect(opts).await?;
+            let entries = apply_policies(backend.as_ref(), &documents).await?;
+            if json {
+                return print_json(&entries);
+            }
+            for entry in &entries {
+                let result = entry.result.map(|r| r.to_string()).unwrap_or_default();
+                println!(
+                    "{} {}/{} {result}",
+                    entry.kind,
+                    namespace_of(entry),
+                    entry.name
+                );
+            }
+            Ok(())
+        }
+        PolicyCommand::Delete {
+            name,
+            namespace,
+            clusterwide,
+            all,
+        } => {
+            let backend = connect(opts).await?;
+            if all {
+                let deleted = delete_all_policies(backend.as_ref()).await?;
+                if json {
+                    return print_json(&serde_json::json!({ "deleted": deleted }));
+                }
+                println!("{deleted} policies deleted");
+                return Ok(());
+            }
+            let name = name.ok_or_else(|| anyhow!("pass a policy NAME or --all"))?;
+            let policy = PolicyRef {
+                namespace: (!clusterwide).then_some(namespace),
+                name,
+            };
+            if !delete_policy(backend.as_ref(), &policy).await? {
+                bail!(
+                    "policy {} not found (cluster-wide policies need --clusterwide; see `cilium policy list`)",
+                    policy.key_name()
+                );
+            }
+            if json {
+                return print_json(&serde_json::json!({ "deleted": policy.key() }));
+            }
+            println!("policy {} deleted", policy.key_name());
+            Ok(())
+        }
+        PolicyCommand::List => {
+            let backend = connect(opts).await?;
+            let entries = list_policies(backend.as_ref()).await?;
+            if json {
+                return print_json(&entries);
+            }
+            let mut table = Table::new();
+            table.load_style(NOTHING);
+            table.set_header(["KIND", "NAMESPACE", "NAME", "STATUS"]);
+            for entry in &entries {
+                table.add_row([
+                    entry.kind.as_str(),
+                    namespace_of(entry),
+                    &entry.name,
+                    entry.error.as_deref().unwrap_or("ok"),
+                ]);
+            }
+            println!("{table}");
+            Ok(())
+        }
+    }
+}
+
+async fn service(
+    command: ServiceCommand,
+    opts: &[String],
+    cluster: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    match command {
+        ServiceCommand::Apply(apply) => {
+            let services = match &apply.file {
+                Some(file) => parse_services(&read_input(file)?, cluster)
+                    .with_context(|| format!("{} was not applied", file.display()))?,
+                None => {
+                    let (Some(name), Some(frontend)) = (&apply.name, apply.frontend) else {
+                        bail!("pass -f FILE, or --name and --frontend IP:PORT");
+                    };
+                    if !PROTOCOLS
+                        .iter()
+                        .any(|p| p.eq_ignore_ascii_case(&apply.protocol))
+                    {
+                        bail!("--protocol {:?}: use tcp or udp", apply.protocol);
+                    }
+                    vec![service_from_flags(
+                        cluster,
+                        &apply.namespace,
+                        name,
+                        frontend,
+                        &apply.backends,
+                        &apply.protocol,
+                        &apply.port_name,
+                    )?]
+                }
+            };
+            let backend = connect(opts).await?;
+            let entries = apply_services(backend.as_ref(), &services).await?;
+            if json {
+                return print_json(&entries);
+            }
+            for entry in &entries {
+                let result = entry.result.map(|r| r.to_string()).unwrap_or_default();
+                println!("service {} {result}", entry.key);
+            }
+            Ok(())
+        }
+        ServiceCommand::Delete { name, namespace } => {
+            let backend = connect(opts).await?;
+            if !delete_service(backend.as_ref(), cluster, &namespace, &name).await? {
+                bail!(
+                    "service {namespace}/{name} not found in cluster {cluster:?} (see `cilium service list`)"
+                );
+            }
+            if json {
+                return print_json(
+                    &serde_json::json!({ "deleted": format!("{namespace}/{name}") }),
+                );
+            }
+            println!("service {namespace}/{name} deleted");
+            Ok(())
+        }
+        ServiceCommand::List => {
+            let backend = connect(opts).await?;
+            let entries = list_services(backend.as_ref(), cluster).await?;
+            if json {
+                return print_json(&entries);
+            }
+            let mut table = Table::new();
+            table.load_style(NOTHING);
+            table.set_header(["NAMESPACE", "NAME", "FRONTENDS", "BACKENDS", "STATUS"]);
+            for entry in &entries {
+                match &entry.service {
+                    Some(service) => table.add_row([
+                        service.namespace.clone(),
+                        service.name.clone(),
+                        addresses(&service.frontends),
+                        addresses(&service.backends),
+                        "ok".to_owned(),
+                    ]),
+                    None => table.add_row([
+                        String::new(),
+                        entry.key.clone(),
+                        String::new(),
+                        String::new(),
+                        entry.error.clone().unwrap_or_default(),
+                    ]),
+                };
+            }
+            println!("{table}");
+            Ok(())
+        }
+    }
+}
+
+/// `ip:port/PROTO` per address and port, comma-separated.
+fn addresses(map: &std::collections::BTreeMap<String, kvstore::keys::PortConfiguration>) -> String {
+    let mut out = Vec::new();
+    for (ip, ports) in map {
+        for l4 in ports.values().flatten() {
+            out.push(format!("{ip}:{}/{}", l4.port, l4.protocol));
+        }
+    }
+    out.join(",")
+}
