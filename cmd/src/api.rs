@@ -59,6 +59,9 @@ pub struct StatusResponse {
     pub kvstore: SubsystemStatus,
     pub datapath: SubsystemStatus,
     pub hubble: SubsystemStatus,
+    /// (ext) Kvstore mode: the other nodes of the cluster and the routes to their pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<SubsystemStatus>,
     #[serde(rename = "node-name")]
     pub node_name: String,
     pub cluster: ClusterInfo,

@@ -51,7 +51,22 @@ pub fn local_node(
 /// mode has nothing to do without one.
 pub async fn wait_for_pod_cidr(backend: Arc<dyn Backend>, node: &Node, lease: LeaseId) -> Ipv4Net {
     let nodes = TypedStore::<Node>::new(Arc::clone(&backend), NODES_PREFIX);
+    let allocations = TypedStore::<IpamAllocation>::new(Arc::clone(&backend), IPAM_PREFIX);
     let key = ipam_key(&node.cluster, &node.name);
+    let name = IpamAllocation::key_name_of(&node.cluster, &node.name);
+    // A restarting agent already has its CIDR: announcing a record without one would make
+    // every peer drop its route to this node's pods until the node manager writes the full
+    // record again.
+    match allocations.get(&name).await {
+        Ok(Some(alloc)) => {
+            if let Some(cidr) = alloc.pod_cidrs.first() {
+                tracing::info!(%cidr, "pod CIDR already allocated by the operator");
+                return *cidr;
+            }
+        }
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%error, %key, "cannot read this node's pod CIDR allocation"),
+    }
     loop {
         match nodes.upsert(node, Some(lease)).await {
             Ok(_) => break,
@@ -62,8 +77,6 @@ pub async fn wait_for_pod_cidr(backend: Arc<dyn Backend>, node: &Node, lease: Le
         }
     }
     tracing::info!(%key, "waiting for the operator to allocate this node's pod CIDR");
-    let allocations = TypedStore::<IpamAllocation>::new(backend, IPAM_PREFIX);
-    let name = IpamAllocation::key_name_of(&node.cluster, &node.name);
     let mut report = tokio::time::interval(WAIT_REPORT_INTERVAL);
     report.tick().await;
     loop {
@@ -182,5 +195,32 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(cidr, "10.0.1.0/24".parse::<Ipv4Net>().unwrap());
+
+        // A restart finds the allocation and leaves the full record alone.
+        let full = local_node(
+            &cluster,
+            ClusterId::new(1),
+            "n1",
+            Ipv4Addr::new(192, 168, 1, 1),
+            Some(cidr),
+        );
+        backend
+            .put(
+                "cilium/state/nodes/v1/c1/n1",
+                full.encode().unwrap(),
+                Some(lease),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            wait_for_pod_cidr(Arc::clone(&backend), &node, lease).await,
+            cidr
+        );
+        let record = backend
+            .get("cilium/state/nodes/v1/c1/n1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(Node::decode(&record.value).unwrap(), full);
     }
 }

@@ -219,6 +219,42 @@ pub async fn serve(
         .await
 }
 
+/// The node manager's state as one status line: peers, routes, and what is failing.
+fn nodes_status(dump: actors::node::NodeManagerDump) -> SubsystemStatus {
+    use actors::node::RouteStatus;
+    let installed = dump
+        .routes
+        .iter()
+        .filter(|r| r.status == RouteStatus::Installed)
+        .count();
+    let failing: Vec<String> = dump
+        .routes
+        .iter()
+        .filter_map(|r| r.last_error.as_ref().map(|e| format!("{}: {e}", r.route)))
+        .collect();
+    let summary = format!(
+        "{} peers, {installed}/{} routes installed",
+        dump.peers.len(),
+        dump.routes.len()
+    );
+    if let Some(error) = dump
+        .publish
+        .as_ref()
+        .and_then(|p| p.status.last_error.as_ref())
+    {
+        return SubsystemStatus::warning(format!(
+            "{summary}; this node's record is not published: {error}"
+        ));
+    }
+    if !failing.is_empty() {
+        return SubsystemStatus::warning(format!("{summary}; failing: {}", failing.join("; ")));
+    }
+    if !dump.synced {
+        return SubsystemStatus::warning(format!("{summary}; nodes not listed yet"));
+    }
+    SubsystemStatus::ok(summary)
+}
+
 async fn healthz(State(h): State<AgentHandles>) -> ApiResult<Json<StatusResponse>> {
     if !h.is_ready() {
         return Err(ApiError::unavailable(
@@ -255,8 +291,27 @@ async fn healthz(State(h): State<AgentHandles>) -> ApiResult<Json<StatusResponse
     } else {
         SubsystemStatus::warning(format!("{failed} map entries failed and are retried"))
     };
+    let nodes = match &h.nodes {
+        Some(nodes) => Some(nodes_status(
+            ask(nodes, actors::node::Dump, "node manager").await?,
+        )),
+        None => None,
+    };
+    let ipcache_sync_error = match &h.config.kvstore {
+        KvstoreMode::Disabled => None,
+        KvstoreMode::Etcd { .. } => ask(&h.ipcache, actors::ipcache::Dump, "ipcache")
+            .await?
+            .kvstore
+            .and_then(|sync| sync.last_error),
+    };
     let kvstore = match &h.config.kvstore {
         KvstoreMode::Disabled => SubsystemStatus::disabled("identities are allocated locally"),
+        KvstoreMode::Etcd { endpoints } if let Some(error) = ipcache_sync_error => {
+            SubsystemStatus::warning(format!(
+                "etcd: {}: endpoint publication failing and retried: {error}",
+                endpoints.join(", ")
+            ))
+        }
         KvstoreMode::Etcd { endpoints } if identities.synced => {
             SubsystemStatus::ok(format!("etcd: {}", endpoints.join(", ")))
         }
@@ -275,6 +330,7 @@ async fn healthz(State(h): State<AgentHandles>) -> ApiResult<Json<StatusResponse
         kvstore,
         datapath: datapath_status,
         hubble,
+        nodes,
         node_name: h.config.node_name.clone(),
         cluster: ClusterInfo {
             name: h.config.cluster_name.as_str().to_owned(),

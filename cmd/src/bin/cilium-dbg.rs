@@ -239,6 +239,9 @@ async fn status(ctx: &Ctx, verbose: bool) -> anyhow::Result<()> {
         }
     };
     line("KVStore:", &status.kvstore);
+    if let Some(nodes) = &status.nodes {
+        line("Nodes:", nodes);
+    }
     line("Cilium:", &status.cilium);
     line("Datapath:", &status.datapath);
     line("Hubble:", &status.hubble);
