@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use crate::error::OperatorError;
 use crate::ipam::CidrPool;
 use crate::leader::Leadership;
+use crate::metrics::{NodeGcDeletion, OperatorMetrics};
 use crate::nodes::{GoneNode, NodeName, NodeTracker, announced_ipv4_cidr, node_ip};
 
 /// The controller's state for one term of leadership.
@@ -56,6 +57,7 @@ pub(crate) struct NodeController {
     nodes_synced: bool,
     allocations_synced: bool,
     retry_at: Option<Instant>,
+    metrics: OperatorMetrics,
 }
 
 impl NodeController {
@@ -66,6 +68,7 @@ impl NodeController {
         pool: CidrPool,
         nodes_gc_interval: Duration,
         retry_interval: Duration,
+        metrics: OperatorMetrics,
     ) -> Self {
         NodeController {
             cluster,
@@ -81,6 +84,7 @@ impl NodeController {
             nodes_synced: false,
             allocations_synced: false,
             retry_at: None,
+            metrics,
         }
     }
 
@@ -119,6 +123,8 @@ impl NodeController {
             }
             if self.nodes_synced && self.allocations_synced {
                 self.reconcile().await?;
+                // Only once both lists are in does the pool say what the store holds.
+                self.metrics.set_pod_cidrs(&self.pool);
             }
         }
     }
@@ -373,7 +379,8 @@ impl NodeController {
         if self.unmanaged.contains(name) {
             tracing::warn!(node = %name, "node is gone; leaving its unmanaged pod CIDR allocation alone");
         } else if self.pool.allocation(name).is_some() {
-            self.leadership
+            let deleted = self
+                .leadership
                 .fenced(
                     "delete pod CIDR allocation",
                     vec![],
@@ -382,6 +389,9 @@ impl NodeController {
                     }],
                 )
                 .await?;
+            if deleted {
+                self.metrics.node_gc_deleted(NodeGcDeletion::PodCidr, 1);
+            }
             let cidrs = self.pool.release(name);
             tracing::info!(node = %name, cidrs = ?cidrs, "released pod CIDR of vanished node");
         }
@@ -420,6 +430,8 @@ impl NodeController {
                 .await?;
             if removed {
                 deleted += 1;
+                self.metrics
+                    .node_gc_deleted(NodeGcDeletion::IpcacheEntry, 1);
             }
         }
         if deleted > 0 {

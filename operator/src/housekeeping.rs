@@ -23,6 +23,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::error::OperatorError;
 use crate::leader::Leadership;
+use crate::metrics::OperatorMetrics;
 
 /// Writes the heartbeat now and every `interval`, keeping the lease alive (and replacing it
 /// once expired) on the way. Failures are logged and retried at the next tick: a missed
@@ -31,6 +32,7 @@ pub(crate) async fn heartbeat(
     backend: Arc<dyn Backend>,
     interval: Duration,
     lease_ttl: Duration,
+    metrics: OperatorMetrics,
 ) -> Result<Infallible, OperatorError> {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -57,6 +59,7 @@ pub(crate) async fn heartbeat(
                 Ok(id) => id,
                 Err(error) => {
                     tracing::warn!(%error, "cannot take an operator lease; heartbeat skipped");
+                    metrics.heartbeat_written(false);
                     lease = None;
                     continue;
                 }
@@ -64,8 +67,12 @@ pub(crate) async fn heartbeat(
         };
         lease = Some(id);
         match kvstore::keys::write_heartbeat(&*backend, SystemTime::now(), Some(id)).await {
-            Ok(revision) => tracing::debug!(revision, "heartbeat written"),
+            Ok(revision) => {
+                tracing::debug!(revision, "heartbeat written");
+                metrics.heartbeat_written(true);
+            }
             Err(error) => {
+                metrics.heartbeat_written(false);
                 if matches!(error, kvstore::Error::LeaseNotFound(_)) {
                     lease = None;
                 }
@@ -83,6 +90,7 @@ pub(crate) async fn identity_gc(
     cluster_id: ClusterId,
     interval: Duration,
     deletes_per_sec: u32,
+    metrics: OperatorMetrics,
 ) -> Result<Infallible, OperatorError> {
     let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -101,6 +109,7 @@ pub(crate) async fn identity_gc(
         // client's lock session lives, blocking every agent allocating those labels. So the
         // run is a task of its own that finishes even if this future is dropped; finishing
         // after leadership is gone is safe, because each deletion is checked under the lock.
+        let started = Instant::now();
         let run = tokio::spawn({
             let backend = Arc::clone(&backend);
             async move { kvstore::allocator::gc(&*backend, cluster_id, deletes_per_sec).await }
@@ -109,11 +118,13 @@ pub(crate) async fn identity_gc(
             Ok(outcome) => outcome,
             Err(error) => {
                 tracing::error!(%error, "identity garbage collection task failed");
+                metrics.identity_gc_failed(started.elapsed());
                 continue;
             }
         };
         match outcome {
             Ok(report) => {
+                metrics.identity_gc_succeeded(&report, started.elapsed());
                 tracing::info!(
                     scanned = report.scanned,
                     deleted = report.deleted,
@@ -132,6 +143,7 @@ pub(crate) async fn identity_gc(
                 }
             }
             Err(error) => {
+                metrics.identity_gc_failed(started.elapsed());
                 let error = OperatorError::IdentityGc(error);
                 tracing::warn!(%error, "identity garbage collection failed; retrying at the next interval");
             }

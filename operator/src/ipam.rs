@@ -134,6 +134,32 @@ impl CidrPool {
         self.by_node.is_empty()
     }
 
+    /// How many CIDRs are allocated, over all nodes.
+    pub fn allocated_cidrs(&self) -> usize {
+        self.taken.len()
+    }
+
+    /// How many CIDRs of the mask size could still be handed out. Restored allocations may be
+    /// smaller or larger than the mask size, so this counts the slots no taken range touches
+    /// rather than subtracting allocations from the capacity.
+    pub fn free_cidrs(&self) -> u64 {
+        let shift = 32 - u32::from(self.mask_size);
+        let base = first_address(self.pool);
+        let mut used = 0u64;
+        // The first slot not yet counted; taken ranges are sorted and disjoint, so the slots
+        // they touch come in order and two ranges can share only a boundary slot.
+        let mut next = 0u64;
+        for (taken, _) in self.taken.values() {
+            let first = ((first_address(*taken) - base) >> shift).max(next);
+            let last = (last_address(*taken) - base) >> shift;
+            if last >= first {
+                used += last - first + 1;
+                next = last + 1;
+            }
+        }
+        self.capacity().saturating_sub(used)
+    }
+
     /// The CIDRs `node` holds, in allocation order.
     pub fn allocation(&self, node: &NodeName) -> Option<&[Ipv4Net]> {
         self.by_node.get(node).map(Vec::as_slice)
@@ -529,6 +555,18 @@ mod tests {
                     }
                 }
                 proptest::prop_assert_eq!(pool.taken.len(), all.len());
+                proptest::prop_assert_eq!(pool.allocated_cidrs(), all.len());
+                let free_slots = (0..4u32)
+                    .filter(|i| {
+                        let slot = Ipv4Net::new(
+                            Ipv4Addr::from(u32::from(pool_net.network()) + (i << 8)),
+                            24,
+                        )
+                        .unwrap();
+                        pool.overlapping(slot).is_none()
+                    })
+                    .count();
+                proptest::prop_assert_eq!(pool.free_cidrs(), free_slots as u64);
             }
         }
     }

@@ -14,6 +14,7 @@
 //! - [`leader`]: the leader lock and fenced writes.
 //! - `controller`: IPAM and node GC for one term of leadership (watches, writes).
 //! - `housekeeping`: heartbeat and identity GC.
+//! - [`metrics`]: the Prometheus metrics of all of the above ([`OperatorMetrics`]).
 //! - this module: [`Operator`], the campaign / lead / step-down loop.
 
 pub mod config;
@@ -22,6 +23,7 @@ pub mod error;
 mod housekeeping;
 pub mod ipam;
 pub mod leader;
+pub mod metrics;
 pub mod nodes;
 
 use std::convert::Infallible;
@@ -35,6 +37,7 @@ pub use config::{ConfigError, OperatorConfig};
 pub use error::OperatorError;
 pub use ipam::{CidrPool, PoolConfigError, PoolExhausted, RestoreError};
 pub use leader::{LEADER_LOCK_NAME, Leadership};
+pub use metrics::OperatorMetrics;
 pub use nodes::NodeName;
 
 use controller::NodeController;
@@ -50,6 +53,7 @@ pub struct Operator {
     pool: CidrPool,
     backend: Arc<dyn Backend>,
     leader: watch::Sender<bool>,
+    metrics: OperatorMetrics,
 }
 
 impl Operator {
@@ -65,12 +69,18 @@ impl Operator {
             pool,
             backend,
             leader,
+            metrics: OperatorMetrics::new(),
         })
     }
 
     /// Follows whether this operator currently leads.
     pub fn leader_status(&self) -> watch::Receiver<bool> {
         self.leader.subscribe()
+    }
+
+    /// This operator's metrics; clone the handle to serve them while the operator runs.
+    pub fn metrics(&self) -> &OperatorMetrics {
+        &self.metrics
     }
 
     /// Campaigns, leads, and campaigns again after losing leadership, until `shutdown` turns
@@ -104,11 +114,14 @@ impl Operator {
             let leadership = Leadership::new(Arc::clone(&self.backend), lock);
             tracing::info!(lock = leadership.lock_key(), "became leader");
             self.leader.send_replace(true);
+            self.metrics.set_leader(true);
             let ended = tokio::select! {
                 () = stopped(&mut shutdown) => None,
                 error = self.lead(&leadership) => Some(error),
             };
             self.leader.send_replace(false);
+            self.metrics.set_leader(false);
+            self.metrics.clear_pod_cidrs();
             match &ended {
                 None => tracing::info!("shutting down; releasing leadership"),
                 Some(error) => tracing::warn!(%error, "lost leadership"),
@@ -131,6 +144,7 @@ impl Operator {
             self.pool.clone(),
             self.config.nodes_gc_interval,
             self.config.retry_interval,
+            self.metrics.clone(),
         );
         let result: Result<(Infallible, Infallible, Infallible, Infallible), OperatorError> = tokio::try_join!(
             leadership.watch_until_lost(),
@@ -139,6 +153,7 @@ impl Operator {
                 Arc::clone(&self.backend),
                 self.config.heartbeat_interval,
                 self.config.lease_ttl,
+                self.metrics.clone(),
             ),
             housekeeping::identity_gc(
                 Arc::clone(&self.backend),
@@ -146,6 +161,7 @@ impl Operator {
                 self.config.cluster_id,
                 self.config.identity_gc_interval,
                 self.config.identity_gc_deletes_per_sec(),
+                self.metrics.clone(),
             ),
         );
         match result {

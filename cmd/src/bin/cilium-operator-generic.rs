@@ -1,21 +1,30 @@
 //! `cilium-operator-generic` for a cluster without Kubernetes: parses upstream's flags,
 //! connects to etcd and runs the `operator` crate (cluster-pool IPAM, node and identity GC,
 //! heartbeat, leader election) until SIGTERM/SIGINT, then releases its leader lock so that a
-//! standby operator takes over at once.
+//! standby operator takes over at once. Its Prometheus metrics are served on
+//! `--operator-prometheus-serve-addr` (`:9963`) until it stops.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use cilium_cmd::metrics::parse_listen_addr;
 use clap::{Parser, ValueEnum};
 use ipnet::Ipv4Net;
 use kvstore::Backend;
 use kvstore::config::{EtcdConfig, parse_go_duration};
 use kvstore::etcd::EtcdBackend;
 use model::identity::{ClusterId, ClusterName};
-use operator::{Operator, OperatorConfig};
+use operator::{Operator, OperatorConfig, OperatorMetrics};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
@@ -66,6 +75,10 @@ struct Flags {
     /// TTL of the operator's kvstore lease (the heartbeat key hangs on it).
     #[arg(long, default_value = "15m", value_parser = go_duration)]
     kvstore_lease_ttl: Duration,
+    /// Address the Prometheus metrics are served on (`:PORT` listens on every address);
+    /// empty disables them.
+    #[arg(long, default_value = ":9963")]
+    operator_prometheus_serve_addr: String,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
 }
@@ -125,6 +138,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     config
         .validate()
         .context("invalid operator configuration")?;
+    let metrics_listener = bind_metrics(&flags.operator_prometheus_serve_addr).await?;
     let etcd_config = EtcdConfig::from_kvstore_opts(kvstore_opts(&flags.kvstore_opt)?)
         .context("invalid --kvstore-opt: pass etcd.config=FILE with an endpoints list")?;
     let endpoints = etcd_config.endpoints.clone();
@@ -138,25 +152,97 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     }
     let operator = Operator::new(config, backend).context("invalid operator configuration")?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics_server = metrics_listener.map(|listener| {
+        tokio::spawn(serve_metrics(
+            listener,
+            operator.metrics().clone(),
+            stop_rx.clone(),
+        ))
+    });
     let mut task = tokio::spawn(operator.run(stop_rx));
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-        ended = &mut task => {
-            return ended
-                .context("operator task failed")?
-                .context("operator stopped");
+    let ended_early = tokio::select! {
+        _ = sigterm.recv() => {
+            tracing::info!("SIGTERM: shutting down");
+            None
+        }
+        _ = sigint.recv() => {
+            tracing::info!("SIGINT: shutting down");
+            None
+        }
+        ended = &mut task => Some(ended),
+    };
+    stop_tx.send_replace(true);
+    let result = match ended_early {
+        Some(ended) => ended
+            .context("operator task failed")?
+            .context("operator stopped"),
+        None => task
+            .await
+            .context("operator task failed")?
+            .context("operator stopped with an error"),
+    };
+    if let Some(server) = metrics_server {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "metrics server ended with an error"),
+            Err(error) => tracing::warn!(%error, "metrics server task failed"),
         }
     }
-    stop_tx.send_replace(true);
-    task.await
-        .context("operator task failed")?
-        .context("operator stopped with an error")?;
+    result?;
     tracing::info!("operator stopped");
     Ok(())
+}
+
+/// Listens on `--operator-prometheus-serve-addr`; `None` when it is empty (metrics disabled).
+/// Bound before anything else starts, so a taken port fails the start instead of going unseen.
+async fn bind_metrics(addr: &str) -> anyhow::Result<Option<TcpListener>> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let parsed = parse_listen_addr(addr).with_context(|| {
+        format!("invalid --operator-prometheus-serve-addr {addr:?}: use :PORT or IP:PORT")
+    })?;
+    let listener = TcpListener::bind(parsed).await.with_context(|| {
+        format!(
+            "cannot listen on {parsed} for metrics: choose another --operator-prometheus-serve-addr"
+        )
+    })?;
+    Ok(Some(listener))
+}
+
+async fn scrape(State(metrics): State<OperatorMetrics>) -> Response {
+    match metrics.render() {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, operator::metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+/// Serves `GET /metrics` until `stop` turns `true`, then finishes the scrapes under way.
+fn serve_metrics(
+    listener: TcpListener,
+    metrics: OperatorMetrics,
+    mut stop: watch::Receiver<bool>,
+) -> impl Future<Output = std::io::Result<()>> {
+    let router = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(metrics);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving metrics");
+    }
+    async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    }
 }
 
 fn main() -> ExitCode {
@@ -221,5 +307,77 @@ mod tests {
                 .unwrap();
         assert!(operator_config(&flags).is_err());
         assert!(kvstore_opts(&["etcd.config".to_owned()]).is_err());
+    }
+
+    #[tokio::test]
+    async fn metrics_address_flag_defaults_to_upstreams_port_and_empty_disables() {
+        let flags = Flags::try_parse_from(["cilium-operator-generic"]).unwrap();
+        assert_eq!(flags.operator_prometheus_serve_addr, ":9963");
+        let flags = Flags::try_parse_from([
+            "cilium-operator-generic",
+            "--operator-prometheus-serve-addr",
+            "",
+        ])
+        .unwrap();
+        assert!(
+            bind_metrics(&flags.operator_prometheus_serve_addr)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let err = bind_metrics("9963").await.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--operator-prometheus-serve-addr"),
+            "{err:#}"
+        );
+    }
+
+    /// A raw HTTP/1.1 exchange: the whole response, head and body.
+    async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        String::from_utf8(response).unwrap()
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_until_shutdown() {
+        let listener = bind_metrics("127.0.0.1:0").await.unwrap().unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = OperatorMetrics::new();
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(serve_metrics(listener, metrics, stopped));
+
+        let response = http_get(addr, "/metrics").await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(
+            response
+                .to_ascii_lowercase()
+                .contains("content-type: application/openmetrics-text"),
+            "{response}"
+        );
+        assert!(
+            response.contains("\ncilium_operator_is_leader 0\n"),
+            "{response}"
+        );
+        assert!(response.ends_with("# EOF\n"), "{response}");
+        let response = http_get(addr, "/other").await;
+        assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("metrics server stops on shutdown")
+            .expect("metrics server task did not panic")
+            .expect("metrics server ended cleanly");
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 }
