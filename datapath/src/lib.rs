@@ -53,7 +53,6 @@ pub mod link;
 pub mod loader;
 #[cfg(feature = "kernel")]
 pub mod maps;
-#[cfg(feature = "kernel")]
 pub mod monitor;
 pub mod reconciler;
 pub mod routes;
