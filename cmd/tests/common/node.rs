@@ -220,6 +220,39 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Takes over an agent process started with flags of the caller's choosing (a node of a
+    /// multi-node cluster); it is killed by PID on drop like one from [`Node::start_agent`].
+    pub fn adopt(child: Child, socket: PathBuf, log: PathBuf) -> Agent {
+        Agent { child, socket, log }
+    }
+
+    /// Waits until the API answers; `Err` with the reason and the log if the process exits
+    /// or `timeout` passes first.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        while self.dbg(&["status", "-o", "json"]).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "agent exited ({status}) while starting:\n{}",
+                    self.log_text()
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "agent not ready within {timeout:?}:\n{}",
+                    self.log_text()
+                ));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
