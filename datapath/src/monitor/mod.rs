@@ -493,7 +493,7 @@ impl MonitorEvent {
 
 /// Upstream's BPF source file names (`pkg/monitor/api/files.go`); file id 0 is ours: the only
 /// source file of this datapath, `bpf_lxc.c`.
-fn bpf_file_name(id: u8) -> String {
+pub fn bpf_file_name(id: u8) -> std::borrow::Cow<'static, str> {
     match id {
         0 | 2 => "bpf_lxc.c".into(),
         1 => "bpf_host.c".into(),
@@ -501,7 +501,7 @@ fn bpf_file_name(id: u8) -> String {
         4 => "bpf_xdp.c".into(),
         5 => "bpf_sock.c".into(),
         6 => "bpf_network.c".into(),
-        other => format!("unknown({other})"),
+        other => format!("unknown({other})").into(),
     }
 }
 
