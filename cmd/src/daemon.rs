@@ -20,7 +20,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::{Actor, Addr, Arbiter, AsyncContext, Context, Recipient};
@@ -163,6 +163,8 @@ pub struct AgentHandles {
     pub endpoints: Option<Addr<EndpointManager>>,
     /// Set by [`Agent::restore`] once the restore is complete and the datapath may prune.
     pub ready: Arc<AtomicBool>,
+    /// Set by `hubble_server::start` when Hubble runs (`--enable-hubble`), for the status.
+    pub hubble: Arc<OnceLock<Arc<hubble::observer::LocalObserver>>>,
 }
 
 impl AgentHandles {
@@ -435,6 +437,7 @@ pub async fn start_agent(
             nodes,
             endpoints,
             ready: Arc::new(AtomicBool::new(false)),
+            hubble: Arc::new(OnceLock::new()),
         },
         datapath_arbiter,
     })

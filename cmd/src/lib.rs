@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`api`]: the REST API's bodies, with upstream's JSON field names.
 //! - [`daemon`]: starts the actors and wires their recipients; usable over the fake datapath.
+//! - [`hubble_server`]: the embedded Hubble: datapath events to flows, served over gRPC.
 //! - [`kvstore_mode`]: the node record and the wait for an operator-allocated pod CIDR.
 //! - [`server`]: the axum router over the unix socket (base `/v1`), errors as JSON.
 //! - [`metrics`]: the Prometheus text the agent serves, computed from the actors on scrape.
@@ -17,6 +18,7 @@ pub mod client;
 pub mod cluster_cli;
 pub mod cni;
 pub mod daemon;
+pub mod hubble_server;
 pub mod kvstore_mode;
 pub mod metrics;
 pub mod server;

@@ -320,10 +320,12 @@ async fn healthz(State(h): State<AgentHandles>) -> ApiResult<Json<StatusResponse
             endpoints.join(", ")
         )),
     };
-    let hubble = if h.config.hubble_enabled {
-        SubsystemStatus::warning("hubble is not part of this agent yet")
-    } else {
-        SubsystemStatus::disabled("")
+    let hubble = match (h.config.hubble_enabled, h.hubble.get()) {
+        (false, _) => SubsystemStatus::disabled(""),
+        (true, Some(observer)) => {
+            SubsystemStatus::ok(crate::hubble_server::status_message(observer))
+        }
+        (true, None) => SubsystemStatus::warning("hubble is starting"),
     };
     Ok(Json(StatusResponse {
         cilium: SubsystemStatus::ok(""),

@@ -3,7 +3,7 @@
 //! on the unix socket and Prometheus metrics, and stops on SIGTERM/SIGINT without tearing the
 //! datapath down: programs, links and maps stay pinned and keep enforcing.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +12,13 @@ use actors::identity::IdentityBackend;
 use actors::policy::EnforcementMode;
 use anyhow::{Context as _, anyhow, bail};
 use cilium_cmd::daemon::{AgentConfig, ClusterMembership, KvstoreMode, start_agent};
+use cilium_cmd::hubble_server::{self, HubbleConfig};
 use cilium_cmd::kvstore_mode::{local_node, wait_for_pod_cidr};
 use cilium_cmd::{metrics, server};
 use clap::{Parser, ValueEnum};
 use datapath::routes::{NetlinkNodeRoutes, RoutingMode};
 use datapath::{KernelDatapath, LoadOptions};
+use hubble::ring::Capacity;
 use ipnet::Ipv4Net;
 use kvstore::Backend;
 use kvstore::allocator::IdentityAllocator;
@@ -97,8 +99,18 @@ struct Flags {
     enable_policy: EnforcementMode,
     #[arg(long)]
     enable_hubble: bool,
+    /// Hubble's gRPC server (Observer, Peer); empty: none on TCP.
     #[arg(long, default_value = ":4244")]
     hubble_listen_address: String,
+    /// Hubble's gRPC server on a unix socket; empty: none.
+    #[arg(long, default_value = cilium_cmd::hubble_server::DEFAULT_SOCKET_PATH)]
+    hubble_socket_path: String,
+    /// Flows kept for Hubble: one less than a power of two, at most 65535.
+    #[arg(long, default_value_t = Capacity::DEFAULT)]
+    hubble_event_buffer_capacity: Capacity,
+    /// Hubble's Prometheus metrics; empty disables them.
+    #[arg(long, default_value = ":9965")]
+    hubble_metrics_server: String,
     /// One etcd config file per remote cluster, file name = cluster name.
     #[arg(long)]
     clustermesh_config: Option<PathBuf>,
@@ -378,6 +390,32 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         }))
     };
 
+    let hubble = if flags.enable_hubble {
+        let node_ip = match node_ip(&flags) {
+            Ok(ip) => IpAddr::V4(ip),
+            Err(error) => {
+                tracing::warn!("{error:#}; Hubble's Peer service announces this node on 127.0.0.1");
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            }
+        };
+        let config = HubbleConfig {
+            listen_address: flags.hubble_listen_address.clone(),
+            socket_path: (!flags.hubble_socket_path.is_empty())
+                .then(|| PathBuf::from(&flags.hubble_socket_path)),
+            capacity: flags.hubble_event_buffer_capacity,
+            metrics_address: flags.hubble_metrics_server.clone(),
+            node_ip,
+        };
+        let events = hubble_server::open_datapath_events(&agent.handles.config.map_dir)?;
+        Some(
+            hubble_server::start(&agent.handles, config, events)
+                .await
+                .context("cannot start Hubble")?,
+        )
+    } else {
+        None
+    };
+
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     tokio::select! {
@@ -397,6 +435,9 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&flags.socket_path);
     // The datapath stays: programs, links and maps are pinned and keep enforcing.
+    if let Some(hubble) = hubble {
+        hubble.stop().await;
+    }
     agent.stop();
     tracing::info!("agent stopped; the datapath keeps running");
     Ok(())
