@@ -20,8 +20,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use actix::{Actor, Addr, Arbiter, AsyncContext, Context, Recipient};
 use actors::clusterstate::{

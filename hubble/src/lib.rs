@@ -9,12 +9,12 @@
 //! Architecture invariant: protobuf types stop at this crate's boundary: the rest of the agent
 //! hands it monitor events and lookups, never flows.
 
+pub mod enrich;
 pub mod filter;
-pub mod ring;
 pub mod metrics;
 pub mod observer;
-pub mod peer;
-pub mod enrich;
 pub mod parser;
-pub mod relay;
+pub mod peer;
 pub mod printer;
+pub mod relay;
+pub mod ring;
