@@ -6,9 +6,10 @@ set -euo pipefail
 # Debian packages: etcd for the kvstore tests (openssl makes their TLS certificates), protoc for
 # etcd-client's build script, and the eBPF toolchain (clang, llvm, libbpf headers, bpftool) and
 # iproute2 for the datapath; podman (CNI backend) with runc and a static busybox for the test in
-# which a real container runtime calls cilium-cni (crun is not used: it fails on hybrid cgroups).
+# which a real container runtime calls cilium-cni (crun is not used: it fails on hybrid cgroups);
+# python3-venv for the Python gRPC client env of the Hubble wire-format test (see the end).
 packages=(etcd-server etcd-client protobuf-compiler openssl clang llvm libbpf-dev bpftool iproute2
-    podman runc busybox-static)
+    podman runc busybox-static python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -38,3 +39,5 @@ for component in rustfmt clippy; do
         rustup component add "$component"
     fi
 done
+
+"$(dirname "$0")/python-grpc-env.sh"
