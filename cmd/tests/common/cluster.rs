@@ -275,6 +275,10 @@ pub struct ClusterOptions {
     pub pool: &'static str,
 }
 
+/// Extra `cilium-agent` flags for a node, after the fixture's own (e.g. `--enable-hubble` with a
+/// per-node socket path under the node's dir).
+pub type AgentArgs = Box<dyn Fn(&ClusterNode) -> Vec<String>>;
+
 /// A running cluster (see the module docs). Field order is drop order.
 pub struct Cluster {
     pub nodes: Vec<ClusterNode>,
@@ -286,12 +290,20 @@ pub struct Cluster {
     /// The etcd client config, policy files and operator logs.
     pub dir: tempfile::TempDir,
     pub underlay: Netns,
+    /// Flags added to every agent this cluster starts.
+    agent_args: AgentArgs,
 }
 
 impl Cluster {
     /// Starts etcd, the operators and the nodes, and waits until every node has its pod CIDR
     /// and a running agent.
     pub fn start(options: &ClusterOptions) -> Cluster {
+        Cluster::start_with_agent_args(options, Box::new(|_| Vec::new()))
+    }
+
+    /// [`Cluster::start`], with `agent_args(node)` appended to the flags of every agent the
+    /// cluster starts (now and on [`Cluster::start_agent`] / [`Cluster::add_node`]).
+    pub fn start_with_agent_args(options: &ClusterOptions, agent_args: AgentArgs) -> Cluster {
         let underlay = Netns::add("cu");
         underlay.ip(&["link", "add", "br0", "type", "bridge"]);
         underlay.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
@@ -312,6 +324,7 @@ impl Cluster {
             pool: options.pool.to_owned(),
             dir,
             underlay,
+            agent_args,
         };
         for _ in 0..options.operators {
             cluster.start_operator();
@@ -423,6 +436,7 @@ impl Cluster {
             .arg("--socket-path")
             .arg(&socket)
             .args(["--prometheus-serve-addr", ""])
+            .args((self.agent_args)(node))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
