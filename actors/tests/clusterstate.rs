@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, Arbiter, Context, Handler};
 use actors::clusterstate::{
-    ClusterStateDump, Dump as WatcherDump, MemoryImportedPoliciesStore, MemoryServiceRecordStore,
-    PolicyWatcher, PolicyWatcherConfig, PolicyWatcherOutputs, ServiceWatcher, ServiceWatcherConfig,
-    ServiceWatcherOutputs,
+    AFFINITY_LABEL, ClusterStateDump, Dump as WatcherDump, MemoryImportedPoliciesStore,
+    MemoryServiceRecordStore, PolicyWatcher, PolicyWatcherConfig, PolicyWatcherOutputs,
+    RemoteServices, ServiceWatcher, ServiceWatcherConfig, ServiceWatcherOutputs,
 };
 use actors::policy::{
     CidrIdentitiesWanted, Dump as PolicyDump, MemoryPolicyStore, PolicyConfig, PolicyRepository,
@@ -28,6 +28,7 @@ use kvstore::Backend;
 use kvstore::clock::SystemClock;
 use kvstore::keys::{ClusterService, L4Addr, StoreValue, policy_key, service_key};
 use kvstore::memory::MemoryStore;
+use model::identity::ClusterName;
 
 /// Swallows what the policy repository sends to the datapath and the identity side.
 #[derive(Debug)]
@@ -585,5 +586,126 @@ async fn services_deleted_while_the_agent_was_down_go_after_its_restart() {
     let watched = eventually("synced", || dump(&watcher), |d| d.synced).await;
     assert_eq!(watched.applied.len(), 1);
     assert_eq!(watched.applied[0].key, "default/a");
+    agent.stop();
+}
+
+#[actix_rt::test]
+async fn global_services_take_shared_remote_backends_with_their_affinity() {
+    let (_store, backend) = store();
+    let put = |svc: ClusterService| {
+        let backend = Arc::clone(&backend);
+        async move {
+            let key = service_key(&svc.cluster, &svc.namespace, &svc.name);
+            backend
+                .put(&key, svc.encode().unwrap(), None)
+                .await
+                .unwrap();
+        }
+    };
+    let global = |affinity: &str, backends: &[(&str, u16)]| {
+        let mut svc = cluster_service("c1", "web", &[("10.96.0.10", 80)], backends);
+        svc.include_external = true;
+        svc.shared = true;
+        svc.labels
+            .insert(AFFINITY_LABEL.to_owned(), affinity.to_owned());
+        svc
+    };
+    let remote = |cluster: &str, backend: &str, shared: bool| {
+        let mut svc = cluster_service(cluster, "web", &[("10.100.0.10", 80)], &[(backend, 8080)]);
+        svc.include_external = true;
+        svc.shared = shared;
+        svc
+    };
+    put(global("none", &[("10.0.1.5", 8080)])).await;
+    let maps = LbMaps::default();
+    let agent = ServiceAgent::start(Arc::clone(&backend), &maps, MemoryServiceRecordStore::new());
+    let (manager, watcher) = (agent.manager.clone(), agent.watcher.clone());
+    let list = || {
+        let manager = manager.clone();
+        async move { summary(&manager.send(ListServices).await.unwrap()) }
+    };
+    eventually("the local service", list, |s| {
+        s == &["10.96.0.10:80/TCP -> 10.0.1.5:8080"]
+    })
+    .await;
+    let id = manager.send(ListServices).await.unwrap()[0].id;
+
+    let c2 = ClusterName::new("c2").unwrap();
+    let c3 = ClusterName::new("c3").unwrap();
+    watcher
+        .send(RemoteServices {
+            cluster: c2.clone(),
+            upserted: vec![remote("c2", "10.1.0.7", true)],
+            removed: vec![],
+        })
+        .await
+        .unwrap();
+    // Not shared: ignored.
+    watcher
+        .send(RemoteServices {
+            cluster: c3.clone(),
+            upserted: vec![remote("c3", "10.2.0.7", false)],
+            removed: vec![],
+        })
+        .await
+        .unwrap();
+    eventually("local and remote backends", list, |s| {
+        s == &["10.96.0.10:80/TCP -> 10.0.1.5:8080,10.1.0.7:8080"]
+    })
+    .await;
+    let services = manager.send(ListServices).await.unwrap();
+    assert_eq!(services[0].id, id, "the service is updated in place");
+    assert_eq!(
+        maps.services.lock().unwrap().len(),
+        1,
+        "the remote frontend is not one of ours"
+    );
+
+    // Affinity local: only local backends while there is one, else the remote ones.
+    put(global("local", &[("10.0.1.5", 8080)])).await;
+    eventually("local affinity", list, |s| {
+        s == &["10.96.0.10:80/TCP -> 10.0.1.5:8080"]
+    })
+    .await;
+    put(global("local", &[])).await;
+    eventually("local affinity without local backends", list, |s| {
+        s == &["10.96.0.10:80/TCP -> 10.1.0.7:8080"]
+    })
+    .await;
+    // Affinity remote: only remote backends while there is one.
+    put(global("remote", &[("10.0.1.5", 8080)])).await;
+    eventually("remote affinity", list, |s| {
+        s == &["10.96.0.10:80/TCP -> 10.1.0.7:8080"]
+    })
+    .await;
+
+    // c3 shares now; then c2 is drained: its backends leave.
+    watcher
+        .send(RemoteServices {
+            cluster: c3,
+            upserted: vec![remote("c3", "10.2.0.7", true)],
+            removed: vec![],
+        })
+        .await
+        .unwrap();
+    eventually("c3 joins", list, |s| {
+        s == &["10.96.0.10:80/TCP -> 10.1.0.7:8080,10.2.0.7:8080"]
+    })
+    .await;
+    watcher
+        .send(RemoteServices {
+            cluster: c2,
+            upserted: vec![],
+            removed: vec![("default".into(), "web".into())],
+        })
+        .await
+        .unwrap();
+    eventually("c2 drained", list, |s| {
+        s == &["10.96.0.10:80/TCP -> 10.2.0.7:8080"]
+    })
+    .await;
+    let watched = dump(&watcher).await;
+    assert_eq!(watched.remote.len(), 1);
+    assert_eq!(watched.remote[0].cluster, "c3");
     agent.stop();
 }

@@ -10,7 +10,7 @@ use actix::{Actor, Addr, Context, Handler};
 use actors::ipcache::{DeleteIp, Effective, UpsertIp};
 use actors::node::{
     Dump, ListNodes, NODE_IP_SOURCE, NodeIpcacheOutputs, NodeKvstoreConfig, NodeLeaseChanged,
-    NodeManager, NodeManagerConfig, RouteStatus, UpdateLocalNode,
+    NodeManager, NodeManagerConfig, PeerId, RemoteNodes, RouteStatus, UpdateLocalNode,
 };
 use datapath::api::IpcacheKey;
 use datapath::routes::fake::{FakeNodeRoutes, RouteCall, RouteFault};
@@ -296,7 +296,10 @@ async fn peers_become_routes_and_go_with_their_records() {
     assert_eq!(dump.peers.len(), 1);
     assert_eq!(dump.routes.len(), 1);
     assert_eq!(dump.routes[0].status, RouteStatus::Installed);
-    assert_eq!(dump.routes[0].peer.as_ref().map(|p| p.as_str()), Some("b"));
+    assert_eq!(
+        dump.routes[0].peer.as_ref().map(|p| p.name.as_str()),
+        Some("b")
+    );
 }
 
 #[actix::test]
@@ -539,4 +542,119 @@ async fn without_a_kvstore_only_the_local_node_is_known() {
         ])
     })
     .await;
+}
+
+#[actix::test]
+async fn remote_cluster_nodes_get_routes_and_claims_until_the_mesh_removes_them() {
+    let store = MemoryStore::new(Arc::new(TokioClock::new()));
+    let lease = store
+        .client()
+        .grant_lease(Duration::from_secs(900))
+        .await
+        .unwrap();
+    let h = start(&store, lease, FakeNodeRoutes::new(RoutingMode::Native));
+    h.nodes
+        .upsert(&node("b", "192.168.50.2", "10.0.2.0/24"), None)
+        .await
+        .unwrap();
+    eventually("b's route", async || h.routes.routes().len() == 1).await;
+
+    let c2 = ClusterName::new("c2").unwrap();
+    let remote = |name: &str, ip: &str, cidr: &str| Node {
+        cluster: "c2".into(),
+        ..node(name, ip, cidr)
+    };
+    // Names are per cluster: c2's "b" is not c1's "b".
+    h.manager
+        .send(RemoteNodes {
+            cluster: c2.clone(),
+            upserted: vec![
+                remote("b", "192.168.60.2", "10.1.2.0/24"),
+                remote("d", "192.168.60.4", "10.1.4.0/24"),
+                // Claims another cluster than the one it came from: ignored.
+                Node {
+                    cluster: "c9".into(),
+                    ..node("x", "192.168.90.1", "10.9.0.0/24")
+                },
+            ],
+            removed: vec![],
+        })
+        .await
+        .unwrap();
+    eventually("the remote nodes' routes", async || {
+        h.routes.routes().len() == 3
+    })
+    .await;
+    let mut routes = h.routes.routes();
+    routes.sort();
+    assert_eq!(
+        routes,
+        [
+            route("10.0.2.0/24", "192.168.50.2"),
+            route("10.1.2.0/24", "192.168.60.2"),
+            route("10.1.4.0/24", "192.168.60.4"),
+        ]
+    );
+    eventually("remote-node claims", async || {
+        let seen = h.ipcache.seen();
+        ["192.168.60.2", "192.168.60.4"].iter().all(|addr| {
+            seen.contains(&Claim::Upsert {
+                ip: ip(addr),
+                identity: NumericIdentity::REMOTE_NODE,
+                host_ip: Some(ip(addr)),
+            })
+        })
+    })
+    .await;
+    let listed: Vec<(String, String)> = h
+        .manager
+        .send(ListNodes)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.cluster, n.name))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("c1".to_owned(), "a".to_owned()),
+            ("c1".to_owned(), "b".to_owned()),
+            ("c2".to_owned(), "b".to_owned()),
+            ("c2".to_owned(), "d".to_owned()),
+        ]
+    );
+    let dump = h.manager.send(Dump).await.unwrap();
+    assert!(
+        dump.routes
+            .iter()
+            .any(|r| r.peer == Some(PeerId::new("c2", "d")) && r.status == RouteStatus::Installed)
+    );
+
+    // Draining c2: its routes and claims go, the local peer stays.
+    h.manager
+        .send(RemoteNodes {
+            cluster: c2,
+            upserted: vec![],
+            removed: vec!["b".into(), "d".into()],
+        })
+        .await
+        .unwrap();
+    eventually("the remote routes removed", async || {
+        h.routes.routes() == [route("10.0.2.0/24", "192.168.50.2")]
+    })
+    .await;
+    eventually("the remote claims released", async || {
+        let seen = h.ipcache.seen();
+        seen.contains(&Claim::Delete(ip("192.168.60.2")))
+            && seen.contains(&Claim::Delete(ip("192.168.60.4")))
+    })
+    .await;
+    assert!(
+        !h.ipcache
+            .seen()
+            .iter()
+            .any(|c| matches!(c, Claim::Upsert { ip: addr, .. } if *addr == ip("192.168.90.1"))),
+        "the record claiming another cluster got no claim"
+    );
+    assert_eq!(h.manager.send(ListNodes).await.unwrap().len(), 2);
 }

@@ -17,7 +17,7 @@ use kvstore::keys::POLICIES_PREFIX;
 use kvstore::{Backend, WatchEvent, WatchFrom};
 use model::policy::PolicyKind;
 
-use super::messages::{ClusterStateError, Dump};
+use super::messages::{ClusterStateError, Dump, RemoteServices};
 use super::state::{
     Backoff, ImportedPolicies, PolicyApply, PolicyRemove, PolicyWatchState, ServicePlan,
     ServiceRecord, ServiceWatchState, policy_rule_labels,
@@ -550,6 +550,26 @@ impl StreamHandler<WatchItem> for ServiceWatcher {
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         reopen_later(self, ctx);
+    }
+}
+
+impl Handler<RemoteServices> for ServiceWatcher {
+    type Result = ();
+
+    /// Merges a remote cluster's shared services into the local global ones. The plans run
+    /// like those of local changes (in `ctx.wait`, one message at a time), so a remote change
+    /// reaches the service manager as an upsert of the frontends whose backends changed.
+    fn handle(&mut self, msg: RemoteServices, ctx: &mut Context<Self>) {
+        tracing::debug!(
+            cluster = %msg.cluster,
+            upserted = msg.upserted.len(),
+            removed = msg.removed.len(),
+            "remote services changed"
+        );
+        let plans = self
+            .state
+            .remote_services(msg.cluster.as_str(), msg.upserted, msg.removed);
+        self.run(plans, ctx);
     }
 }
 

@@ -2,6 +2,8 @@
 
 use actix::Message;
 use datapath::api::Frontend;
+use kvstore::keys::ClusterService;
+use model::identity::ClusterName;
 use serde::{Deserialize, Serialize};
 
 use crate::persist::StoreError;
@@ -35,6 +37,20 @@ pub enum ClusterStateError {
     Load(#[source] StoreError),
 }
 
+/// The cluster services of a remote cluster of the mesh (from its kvstore, imported by the
+/// clustermesh actor of that cluster), sent to the [`ServiceWatcher`](super::ServiceWatcher).
+/// A local service marked global (`includeExternal`) gets the backends of every remote
+/// cluster whose service of the same namespace and name is `shared`. Draining a remote
+/// cluster is a message removing every service it had upserted.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RemoteServices {
+    pub cluster: ClusterName,
+    pub upserted: Vec<ClusterService>,
+    /// `(namespace, name)` of services of `cluster` that are gone.
+    pub removed: Vec<(String, String)>,
+}
+
 /// Asks a watcher for a snapshot of what it applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "ClusterStateDump")]
@@ -49,6 +65,17 @@ pub struct ClusterStateDump {
     pub applied: Vec<AppliedKey>,
     /// Keys whose current value was skipped, with the reason, in key order.
     pub skipped: Vec<SkippedKey>,
+    /// Services: how many shared services each remote cluster of the mesh contributes, in
+    /// cluster name order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<RemoteServiceCount>,
+}
+
+/// The shared services one remote cluster contributes, as [`ClusterStateDump`] shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteServiceCount {
+    pub cluster: String,
+    pub services: usize,
 }
 
 /// One key a watcher applied.

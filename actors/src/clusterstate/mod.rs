@@ -9,10 +9,16 @@
 //!   persisted in the state dir as [`IMPORTED_POLICIES_FILE`]).
 //! - [`ServiceWatcher`]: watches `cilium/state/services/v1/<local cluster>/<namespace>/<name>`
 //!   (upstream `ClusterService` records) and owns the mapping key -> frontends -> service
-//!   ids, the frontends persisted as [`ServiceRecord`] ([`SERVICE_RECORD_FILE`]).
+//!   ids, the frontends persisted as [`ServiceRecord`] ([`SERVICE_RECORD_FILE`]). It also
+//!   takes [`RemoteServices`] from the clustermesh actors and merges remote clusters'
+//!   `shared` records into the local records marked global (`includeExternal`), with the
+//!   affinity of the local record's [`AFFINITY_LABEL`] label (ext: upstream's
+//!   `service.cilium.io/affinity` annotation; `local | remote | none`), see
+//!   [`ServiceWatchState`]. Remote records are not persisted: after a restart the
+//!   clustermesh sends them again.
 //!
 //! # Messages
-//! Both take [`Dump`]. The policy watcher sends [`PolicyImport`](crate::policy::PolicyImport)
+//! Both take [`Dump`]; the service watcher also takes [`RemoteServices`]. The policy watcher sends [`PolicyImport`](crate::policy::PolicyImport)
 //! (one document per key) and [`PolicyDelete`](crate::policy::PolicyDelete) (by kind, name and
 //! namespace labels); the service watcher sends
 //! [`UpsertServiceApi`](crate::service::UpsertServiceApi) (one per frontend IP:port, ids
@@ -52,10 +58,13 @@ pub use actor::{
     ServiceWatcherOutputs,
 };
 pub use layout::{CLUSTERWIDE_NAMESPACE, PolicyRef, decode_policy, encode_policy};
-pub use messages::{AppliedKey, ClusterStateDump, ClusterStateError, Dump, SkippedKey};
+pub use messages::{
+    AppliedKey, ClusterStateDump, ClusterStateError, Dump, RemoteServiceCount, RemoteServices,
+    SkippedKey,
+};
 pub use state::{
-    ImportedPolicies, ImportedPolicy, PolicyWatchState, ServiceRecord, ServiceWatchState,
-    frontends_of, policy_rule_labels, services_prefix,
+    AFFINITY_LABEL, ImportedPolicies, ImportedPolicy, PolicyWatchState, ServiceAffinity,
+    ServiceRecord, ServiceWatchState, frontends_of, policy_rule_labels, services_prefix,
 };
 
 use crate::persist::{JsonFileStore, MemorySnapshotStore};

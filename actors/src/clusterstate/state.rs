@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::layout::{PolicyRef, decode_policy};
-use super::messages::{AppliedKey, ClusterStateDump, ClusterStateError, SkippedKey};
+use super::messages::{
+    AppliedKey, ClusterStateDump, ClusterStateError, RemoteServiceCount, SkippedKey,
+};
 use crate::policy::policy_name_labels;
 use crate::service::{ApiBackend, ServiceId};
 
@@ -259,6 +261,7 @@ impl PolicyWatchState {
                 })
                 .collect(),
             skipped: skipped_dump(&self.skipped),
+            remote: Vec::new(),
         }
     }
 }
@@ -312,13 +315,87 @@ pub struct ServiceRecord {
     pub services: BTreeMap<String, Vec<Frontend>>,
 }
 
+/// The label of a local cluster service record that carries upstream's
+/// `service.cilium.io/affinity` annotation (ext: without Kubernetes there are no annotations,
+/// so the `cilium` CLI writes it into the record's `labels`).
+pub const AFFINITY_LABEL: &str = "service.cilium.io/affinity";
+
+/// Which backends a global service prefers (upstream's `service.cilium.io/affinity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceAffinity {
+    /// Local and remote backends alike.
+    #[default]
+    None,
+    /// Only local backends while there is at least one, else the remote ones.
+    Local,
+    /// Only remote backends while there is at least one, else the local ones.
+    Remote,
+}
+
+impl ServiceAffinity {
+    /// The affinity a service record asks for: its [`AFFINITY_LABEL`] (`local`, `remote` or
+    /// `none`, case-insensitive as upstream), `none` when absent. An unknown value is `none`
+    /// and returned as an error message too.
+    pub fn of(service: &ClusterService) -> (Self, Option<String>) {
+        let Some(value) = service.labels.get(AFFINITY_LABEL) else {
+            return (ServiceAffinity::None, None);
+        };
+        match value.to_ascii_lowercase().as_str() {
+            "local" => (ServiceAffinity::Local, None),
+            "remote" => (ServiceAffinity::Remote, None),
+            "none" | "" => (ServiceAffinity::None, None),
+            _ => (
+                ServiceAffinity::None,
+                Some(format!(
+                    "{AFFINITY_LABEL} {value:?} is not local, remote or none; using none"
+                )),
+            ),
+        }
+    }
+
+    /// The backends a frontend gets from its local and its remote backends.
+    pub fn select(self, local: Vec<ApiBackend>, remote: Vec<ApiBackend>) -> Vec<ApiBackend> {
+        let (preferred, fallback) = match self {
+            ServiceAffinity::Local => (local, remote),
+            ServiceAffinity::Remote => (remote, local),
+            ServiceAffinity::None => {
+                let mut all = local;
+                for backend in remote {
+                    if !all.contains(&backend) {
+                        all.push(backend);
+                    }
+                }
+                return all;
+            }
+        };
+        if preferred.is_empty() {
+            fallback
+        } else {
+            preferred
+        }
+    }
+}
+
 /// The service watcher's state: which services each cluster service key produced.
+///
+/// Global services (upstream's `service.cilium.io/global`, `includeExternal: true` in the
+/// record): a local record marked global gets, on every frontend, the backends of the same
+/// port name and protocol of every remote cluster's record of the same namespace and name
+/// that is `shared`, as its [`ServiceAffinity`] selects. Remote records arrive through
+/// [`ServiceWatchState::remote_services`]; a remote record that is not shared counts as
+/// removed (as upstream's remote service observer treats it). Frontends are always the local
+/// record's.
 #[derive(Debug, Clone)]
 pub struct ServiceWatchState {
     /// `cilium/state/services/v1/<cluster>/`.
     prefix: String,
     cluster: String,
     keys: BTreeMap<String, KeyServices>,
+    /// The last good local record of each key.
+    local: BTreeMap<String, ClusterService>,
+    /// Shared records of remote clusters by key (`<namespace>/<name>`), then cluster name.
+    remote: BTreeMap<String, BTreeMap<String, ClusterService>>,
     /// Which key serves each frontend: two keys never share a service.
     owners: BTreeMap<Frontend, String>,
     listing: Option<BTreeSet<String>>,
@@ -346,6 +423,8 @@ impl ServiceWatchState {
             prefix: format!("{}/", services_prefix(cluster)),
             cluster: cluster.to_owned(),
             keys,
+            local: BTreeMap::new(),
+            remote: BTreeMap::new(),
             owners,
             listing: None,
             synced: false,
@@ -420,12 +499,22 @@ impl ServiceWatchState {
             }
         };
         self.skipped.remove(&name);
-        let digest = digest(value);
+        self.local.insert(name.clone(), service);
+        Ok(self.plan(name))
+    }
+
+    /// The plan bringing the services of `name` to what its local record and the remote
+    /// clusters' records call for; `None` when that is what was applied last.
+    fn plan(&mut self, name: String) -> Option<ServicePlan> {
+        let service = self.local.get(&name)?;
+        let (desired, mut ignored) = self.desired(&name, service);
+        // The digest covers the outcome, not the value: a remote change that leaves the
+        // backends as they are, or a re-listing, applies nothing.
+        let digest = digest(format!("{desired:?}").as_bytes());
         let current = self.keys.entry(name.clone()).or_default();
         if current.digest.as_deref() == Some(digest.as_str()) {
-            return Ok(None);
+            return None;
         }
-        let (desired, mut ignored) = frontends_of(&service);
         let mut upsert = Vec::new();
         for (frontend, backends) in desired {
             match self.owners.get(&frontend) {
@@ -444,19 +533,134 @@ impl ServiceWatchState {
             .filter(|(frontend, _)| !upsert.iter().any(|(f, _)| f == *frontend))
             .map(|(frontend, id)| (*frontend, *id))
             .collect();
-        Ok(Some(ServicePlan {
+        Some(ServicePlan {
             key: name,
             digest: Some(digest),
             delete,
             upsert,
             ignored,
-        }))
+        })
+    }
+
+    /// Every frontend of the local record `service` of `name` with its backends: its own,
+    /// and for a global service the shared remote ones as its affinity selects.
+    fn desired(
+        &self,
+        name: &str,
+        service: &ClusterService,
+    ) -> (BTreeMap<Frontend, Vec<ApiBackend>>, Vec<String>) {
+        let mut ignored = Vec::new();
+        let ports = frontend_ports(service, &mut ignored);
+        let remotes = self.remote.get(name).filter(|_| service.include_external);
+        let affinity = match remotes {
+            Some(_) => {
+                let (affinity, problem) = ServiceAffinity::of(service);
+                ignored.extend(problem);
+                affinity
+            }
+            None => ServiceAffinity::None,
+        };
+        let mut desired = BTreeMap::new();
+        for (frontend, port_name) in ports {
+            let local = backends_of(service, &port_name, frontend.protocol, &mut ignored);
+            let mut remote = Vec::new();
+            for (cluster, remote_service) in remotes.into_iter().flatten() {
+                let mut problems = Vec::new();
+                for backend in
+                    backends_of(remote_service, &port_name, frontend.protocol, &mut problems)
+                {
+                    if !remote.contains(&backend) {
+                        remote.push(backend);
+                    }
+                }
+                ignored.extend(
+                    problems
+                        .into_iter()
+                        .map(|problem| format!("cluster {cluster}: {problem}")),
+                );
+            }
+            desired.insert(frontend, affinity.select(local, remote));
+        }
+        (desired, ignored)
+    }
+
+    /// Cluster services of the remote cluster `cluster` changed: `upserted` records (a
+    /// record that is not shared counts as removed) and `removed` ones by namespace and
+    /// name. Returns the plans of the local global services whose backends change. Records
+    /// naming another cluster than `cluster`, and anything claimed for the local cluster,
+    /// are ignored with a warning.
+    pub fn remote_services(
+        &mut self,
+        cluster: &str,
+        upserted: Vec<ClusterService>,
+        removed: Vec<(String, String)>,
+    ) -> Vec<ServicePlan> {
+        if cluster == self.cluster {
+            tracing::warn!(%cluster, "ignoring remote services claimed for the local cluster");
+            return Vec::new();
+        }
+        let mut touched = BTreeSet::new();
+        for (namespace, name) in removed {
+            let key = format!("{namespace}/{name}");
+            if self.forget_remote(&key, cluster) {
+                touched.insert(key);
+            }
+        }
+        for service in upserted {
+            if service.cluster != cluster {
+                tracing::warn!(
+                    %cluster,
+                    claimed = %service.cluster,
+                    service = %format!("{}/{}", service.namespace, service.name),
+                    "ignoring a remote service record claiming another cluster"
+                );
+                continue;
+            }
+            let key = format!("{}/{}", service.namespace, service.name);
+            if !service.shared {
+                if self.forget_remote(&key, cluster) {
+                    touched.insert(key);
+                }
+                continue;
+            }
+            let by_cluster = self.remote.entry(key.clone()).or_default();
+            if by_cluster.get(cluster) != Some(&service) {
+                by_cluster.insert(cluster.to_owned(), service);
+                touched.insert(key);
+            }
+        }
+        touched
+            .into_iter()
+            .filter_map(|key| self.plan(key))
+            .collect()
+    }
+
+    /// Drops the record of `key` of remote `cluster`; returns whether there was one.
+    fn forget_remote(&mut self, key: &str, cluster: &str) -> bool {
+        let Some(by_cluster) = self.remote.get_mut(key) else {
+            return false;
+        };
+        let had = by_cluster.remove(cluster).is_some();
+        if by_cluster.is_empty() {
+            self.remote.remove(key);
+        }
+        had
+    }
+
+    /// The remote clusters' shared records this watcher holds, per cluster.
+    pub fn remote_counts(&self) -> BTreeMap<String, usize> {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for cluster in self.remote.values().flat_map(BTreeMap::keys) {
+            *counts.entry(cluster.clone()).or_default() += 1;
+        }
+        counts
     }
 
     /// A key was deleted. Returns the plan removing its services, if it had any.
     pub fn delete(&mut self, key: &str) -> Result<Option<ServicePlan>, ClusterStateError> {
         let name = self.key_name(key)?;
         self.skipped.remove(&name);
+        self.local.remove(&name);
         if let Some(listing) = &mut self.listing {
             listing.remove(&name);
         }
@@ -531,6 +735,9 @@ impl ServiceWatchState {
             .filter(|key| !listed.contains(*key))
             .cloned()
             .collect();
+        for key in &gone {
+            self.local.remove(key);
+        }
         gone.into_iter()
             .filter_map(|key| self.removal_of(key))
             .collect()
@@ -549,6 +756,11 @@ impl ServiceWatchState {
                 })
                 .collect(),
             skipped: skipped_dump(&self.skipped),
+            remote: self
+                .remote_counts()
+                .into_iter()
+                .map(|(cluster, services)| RemoteServiceCount { cluster, services })
+                .collect(),
         }
     }
 }
@@ -565,8 +777,21 @@ pub fn services_prefix(cluster: &str) -> String {
 pub fn frontends_of(
     service: &ClusterService,
 ) -> (BTreeMap<Frontend, Vec<ApiBackend>>, Vec<String>) {
-    let mut services = BTreeMap::new();
     let mut ignored = Vec::new();
+    let services = frontend_ports(service, &mut ignored)
+        .into_iter()
+        .map(|(frontend, port_name)| {
+            let backends = backends_of(service, &port_name, frontend.protocol, &mut ignored);
+            (frontend, backends)
+        })
+        .collect();
+    (services, ignored)
+}
+
+/// The frontends of a cluster service with the name of their port, noting in `ignored` what
+/// is left out.
+fn frontend_ports(service: &ClusterService, ignored: &mut Vec<String>) -> Vec<(Frontend, String)> {
+    let mut frontends: Vec<(Frontend, String)> = Vec::new();
     for (ip, ports) in &service.frontends {
         let Ok(IpAddr::V4(ip)) = ip.parse::<IpAddr>() else {
             ignored.push(format!("frontend {ip}: only IPv4 frontends are supported"));
@@ -589,35 +814,46 @@ pub fn frontends_of(
                 continue;
             }
             let frontend = Frontend::new(SocketAddrV4::new(ip, l4.port), protocol);
-            if services.contains_key(&frontend) {
+            if frontends.iter().any(|(f, _)| *f == frontend) {
                 ignored.push(format!(
                     "frontend {frontend} is listed twice (port {port_name:?})"
                 ));
                 continue;
             }
-            let mut backends: Vec<ApiBackend> = Vec::new();
-            for (backend_ip, backend_ports) in &service.backends {
-                let Some(Some(backend)) = backend_ports.get(port_name) else {
-                    continue;
-                };
-                if protocol_of(&backend.protocol) != Some(protocol) || backend.port == 0 {
-                    continue;
-                }
-                let Ok(IpAddr::V4(backend_ip)) = backend_ip.parse::<IpAddr>() else {
-                    ignored.push(format!(
-                        "backend {backend_ip}: only IPv4 backends are supported"
-                    ));
-                    continue;
-                };
-                let backend = ApiBackend::new(SocketAddrV4::new(backend_ip, backend.port));
-                if !backends.contains(&backend) {
-                    backends.push(backend);
-                }
-            }
-            services.insert(frontend, backends);
+            frontends.push((frontend, port_name.clone()));
         }
     }
-    (services, ignored)
+    frontends
+}
+
+/// The backends of a cluster service that have a port named `port_name` with `protocol`, in
+/// backend IP order, noting in `ignored` what is left out.
+fn backends_of(
+    service: &ClusterService,
+    port_name: &str,
+    protocol: Protocol,
+    ignored: &mut Vec<String>,
+) -> Vec<ApiBackend> {
+    let mut backends: Vec<ApiBackend> = Vec::new();
+    for (backend_ip, backend_ports) in &service.backends {
+        let Some(Some(backend)) = backend_ports.get(port_name) else {
+            continue;
+        };
+        if protocol_of(&backend.protocol) != Some(protocol) || backend.port == 0 {
+            continue;
+        }
+        let Ok(IpAddr::V4(backend_ip)) = backend_ip.parse::<IpAddr>() else {
+            ignored.push(format!(
+                "backend {backend_ip}: only IPv4 backends are supported"
+            ));
+            continue;
+        };
+        let backend = ApiBackend::new(SocketAddrV4::new(backend_ip, backend.port));
+        if !backends.contains(&backend) {
+            backends.push(backend);
+        }
+    }
+    backends
 }
 
 fn protocol_of(protocol: &str) -> Option<Protocol> {
@@ -1021,6 +1257,283 @@ mod tests {
             plan.ignored[0].contains("default/web"),
             "{:?}",
             plan.ignored
+        );
+    }
+
+    fn global(affinity: Option<&str>) -> ClusterService {
+        let mut svc = cluster_service(
+            &[("10.96.0.1", "http", "TCP", 80)],
+            &[("10.0.1.5", "http", "TCP", 8080)],
+        );
+        svc.include_external = true;
+        svc.shared = true;
+        if let Some(affinity) = affinity {
+            svc.labels
+                .insert(AFFINITY_LABEL.to_owned(), affinity.to_owned());
+        }
+        svc
+    }
+
+    fn remote_svc(cluster: &str, backend: &str, shared: bool) -> ClusterService {
+        let mut svc = cluster_service(
+            &[("10.100.0.9", "http", "TCP", 80)],
+            &[(backend, "http", "TCP", 8080)],
+        );
+        svc.cluster = cluster.into();
+        svc.shared = shared;
+        svc.include_external = true;
+        svc
+    }
+
+    /// The backends of the one frontend of the plan.
+    fn backends(plan: &ServicePlan) -> Vec<String> {
+        assert_eq!(plan.upsert.len(), 1, "{plan:?}");
+        assert_eq!(plan.upsert[0].0, fe("10.96.0.1:80", Protocol::TCP));
+        plan.upsert[0]
+            .1
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect()
+    }
+
+    fn applied(state: &mut ServiceWatchState, value: &ClusterService) -> ServicePlan {
+        let plan = state
+            .upsert(&service_key("web"), &encode(value))
+            .unwrap()
+            .unwrap();
+        let mut ids = 0;
+        run(state, &plan, &mut ids);
+        plan
+    }
+
+    fn remote_plan(
+        state: &mut ServiceWatchState,
+        cluster: &str,
+        upserted: Vec<ClusterService>,
+        removed: Vec<(String, String)>,
+    ) -> Option<ServicePlan> {
+        let mut plans = state.remote_services(cluster, upserted, removed);
+        assert!(plans.len() <= 1, "{plans:?}");
+        let plan = plans.pop()?;
+        let mut ids = 10;
+        run(state, &plan, &mut ids);
+        Some(plan)
+    }
+
+    #[test]
+    fn a_global_service_gets_the_shared_backends_of_every_remote_cluster() {
+        let mut state = ServiceWatchState::new("c1", ServiceRecord::default());
+        // Remote records may come before the local one.
+        assert!(
+            remote_plan(
+                &mut state,
+                "c2",
+                vec![remote_svc("c2", "10.1.0.7", true)],
+                vec![]
+            )
+            .is_none()
+        );
+        let plan = applied(&mut state, &global(None));
+        assert_eq!(backends(&plan), ["10.0.1.5:8080", "10.1.0.7:8080"]);
+        // Frontends stay the local ones: the remote's 10.100.0.9 is not a frontend here.
+        let plan = remote_plan(
+            &mut state,
+            "c3",
+            vec![remote_svc("c3", "10.2.0.7", true)],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(
+            backends(&plan),
+            ["10.0.1.5:8080", "10.1.0.7:8080", "10.2.0.7:8080"]
+        );
+        assert!(plan.delete.is_empty());
+        // The same record again changes nothing.
+        assert!(
+            remote_plan(
+                &mut state,
+                "c3",
+                vec![remote_svc("c3", "10.2.0.7", true)],
+                vec![]
+            )
+            .is_none()
+        );
+        // Not shared any more: its backends leave.
+        let plan = remote_plan(
+            &mut state,
+            "c3",
+            vec![remote_svc("c3", "10.2.0.7", false)],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(backends(&plan), ["10.0.1.5:8080", "10.1.0.7:8080"]);
+        assert_eq!(
+            state.dump().remote,
+            [RemoteServiceCount {
+                cluster: "c2".into(),
+                services: 1
+            }]
+        );
+        // Drained: the remote's backends leave.
+        let plan = remote_plan(
+            &mut state,
+            "c2",
+            vec![],
+            vec![("default".into(), "web".into())],
+        )
+        .unwrap();
+        assert_eq!(backends(&plan), ["10.0.1.5:8080"]);
+        assert!(state.dump().remote.is_empty());
+    }
+
+    #[test]
+    fn unshared_foreign_or_non_global_records_add_no_backends() {
+        let mut state = ServiceWatchState::new("c1", ServiceRecord::default());
+        let mut local = global(None);
+        local.include_external = false;
+        applied(&mut state, &local);
+        // The local service is not global: remote records change nothing.
+        assert!(
+            remote_plan(
+                &mut state,
+                "c2",
+                vec![remote_svc("c2", "10.1.0.7", true)],
+                vec![]
+            )
+            .is_none()
+        );
+        // Marked global: the shared remote backends join.
+        let plan = applied(&mut state, &global(None));
+        assert_eq!(backends(&plan), ["10.0.1.5:8080", "10.1.0.7:8080"]);
+        // A record that is not shared, one claiming another cluster than its source, and
+        // records claimed for the local cluster are all ignored.
+        assert!(
+            remote_plan(
+                &mut state,
+                "c3",
+                vec![remote_svc("c3", "10.2.0.7", false)],
+                vec![]
+            )
+            .is_none()
+        );
+        assert!(
+            remote_plan(
+                &mut state,
+                "c3",
+                vec![remote_svc("c4", "10.3.0.7", true)],
+                vec![]
+            )
+            .is_none()
+        );
+        assert!(
+            remote_plan(
+                &mut state,
+                "c1",
+                vec![remote_svc("c1", "10.4.0.7", true)],
+                vec![]
+            )
+            .is_none()
+        );
+        // Removing a service a cluster never had changes nothing.
+        assert!(
+            remote_plan(
+                &mut state,
+                "c3",
+                vec![],
+                vec![("default".into(), "web".into())]
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn affinity_prefers_local_or_remote_backends_while_there_are_any() {
+        let no_local = |mut svc: ClusterService| {
+            svc.backends.clear();
+            svc
+        };
+        for (affinity, with_both, without_local) in [
+            (Some("local"), vec!["10.0.1.5:8080"], vec!["10.1.0.7:8080"]),
+            (Some("Remote"), vec!["10.1.0.7:8080"], vec!["10.1.0.7:8080"]),
+            (
+                Some("none"),
+                vec!["10.0.1.5:8080", "10.1.0.7:8080"],
+                vec!["10.1.0.7:8080"],
+            ),
+            (
+                None,
+                vec!["10.0.1.5:8080", "10.1.0.7:8080"],
+                vec!["10.1.0.7:8080"],
+            ),
+        ] {
+            let mut state = ServiceWatchState::new("c1", ServiceRecord::default());
+            remote_plan(
+                &mut state,
+                "c2",
+                vec![remote_svc("c2", "10.1.0.7", true)],
+                vec![],
+            );
+            let plan = applied(&mut state, &global(affinity));
+            assert_eq!(backends(&plan), with_both, "{affinity:?}");
+            // Without local backends; no plan when the outcome is the same.
+            let plan = state
+                .upsert(&service_key("web"), &encode(&no_local(global(affinity))))
+                .unwrap();
+            if let Some(plan) = &plan {
+                let mut ids = 0;
+                run(&mut state, plan, &mut ids);
+            }
+            let expected = (without_local != with_both).then(|| {
+                without_local
+                    .iter()
+                    .map(|b| (*b).to_owned())
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(plan.as_ref().map(backends), expected, "{affinity:?}");
+            // The remote cluster drains: only what is local is left.
+            let plan = remote_plan(
+                &mut state,
+                "c2",
+                vec![],
+                vec![("default".into(), "web".into())],
+            );
+            let left = plan.as_ref().map(backends).unwrap_or_default();
+            assert!(left.is_empty(), "{affinity:?}: {left:?}");
+        }
+        // Remote affinity falls back to the local backends when no remote one is left.
+        let mut state = ServiceWatchState::new("c1", ServiceRecord::default());
+        remote_plan(
+            &mut state,
+            "c2",
+            vec![remote_svc("c2", "10.1.0.7", true)],
+            vec![],
+        );
+        assert_eq!(
+            backends(&applied(&mut state, &global(Some("remote")))),
+            ["10.1.0.7:8080"]
+        );
+        let plan = remote_plan(
+            &mut state,
+            "c2",
+            vec![],
+            vec![("default".into(), "web".into())],
+        )
+        .unwrap();
+        assert_eq!(backends(&plan), ["10.0.1.5:8080"]);
+    }
+
+    #[test]
+    fn an_unknown_affinity_is_none_and_reported() {
+        let (affinity, problem) = ServiceAffinity::of(&global(Some("nearby")));
+        assert_eq!(affinity, ServiceAffinity::None);
+        assert!(problem.unwrap().contains("nearby"));
+        assert_eq!(
+            ServiceAffinity::of(&global(Some("LOCAL"))),
+            (ServiceAffinity::Local, None)
+        );
+        assert_eq!(
+            ServiceAffinity::of(&global(None)),
+            (ServiceAffinity::None, None)
         );
     }
 

@@ -34,7 +34,8 @@ use tokio::sync::oneshot;
 use super::messages::{
     AllocateCidrIdentities, AllocateIdentity, AllocatedIdentity, Dump, IdentitiesChanged,
     IdentityDump, IdentityError, IdentityMode, ListIdentities, LookupIdentity,
-    ReleaseCidrIdentities, ReleaseIdentity, RestoreCidrIdentities,
+    ReleaseCidrIdentities, ReleaseIdentity, RemoteIdentities, RemoteIdentityCount,
+    RestoreCidrIdentities,
 };
 use super::state::{IdentityState, KeyedQueue};
 use crate::ipcache::{DeleteIp, IpEntry, Source, UpsertIp};
@@ -468,6 +469,25 @@ impl Handler<RestoreCidrIdentities> for IdentityActor {
     }
 }
 
+impl Handler<RemoteIdentities> for IdentityActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoteIdentities, _: &mut Context<Self>) {
+        let change = self
+            .state
+            .remote_changed(msg.cluster, msg.added, msg.removed);
+        if let Some(change) = &change {
+            tracing::debug!(
+                cluster_id = %msg.cluster,
+                added = change.added.len(),
+                removed = change.removed.len(),
+                "remote identities changed"
+            );
+        }
+        self.publish(change);
+    }
+}
+
 impl Handler<LookupIdentity> for IdentityActor {
     type Result = MessageResult<LookupIdentity>;
 
@@ -503,6 +523,15 @@ impl Handler<Dump> for IdentityActor {
             references: self.state.references(),
             synced: self.state.is_synced(),
             queued_operations: self.queue.waiting(),
+            remote: self
+                .state
+                .remote_counts()
+                .into_iter()
+                .map(|(cluster_id, identities)| RemoteIdentityCount {
+                    cluster_id,
+                    identities,
+                })
+                .collect(),
         })
     }
 }

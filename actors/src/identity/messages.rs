@@ -82,6 +82,20 @@ pub struct ListIdentities;
 #[rtype(result = "IdentityDump")]
 pub struct Dump;
 
+/// The identities of a remote cluster of the mesh (from its kvstore, imported by the
+/// clustermesh actor of that cluster). The sender checked the range already; the actor checks
+/// again and drops ids outside `cluster.identity_range()` with a warning. Accepted ones are
+/// published to the subscribers as [`IdentitiesChanged`] and served by the lookups and
+/// [`Dump`] until they are removed. Draining a remote cluster is a message removing every id
+/// it had added.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RemoteIdentities {
+    pub cluster: ClusterId,
+    pub added: Vec<(NumericIdentity, Labels)>,
+    pub removed: Vec<NumericIdentity>,
+}
+
 /// Published to every subscriber when identities appear, change labels, or go away. The
 /// reserved identities are published once, when the actor starts.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Message, Serialize, Deserialize)]
@@ -142,6 +156,17 @@ pub struct IdentityDump {
     pub synced: bool,
     /// Kvstore operations waiting behind another operation on the same labels.
     pub queued_operations: usize,
+    /// How many identities each remote cluster of the mesh contributes (they are in
+    /// `identities` too), in cluster id order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<RemoteIdentityCount>,
+}
+
+/// The identities one remote cluster contributes, as [`IdentityDump`] shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteIdentityCount {
+    pub cluster_id: ClusterId,
+    pub identities: usize,
 }
 
 /// Everything that can go wrong allocating or releasing identities.

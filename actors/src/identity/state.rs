@@ -3,7 +3,7 @@
 //! without a kvstore, the per-label-set queue that orders kvstore operations, and the
 //! [`IdentitiesChanged`] each change publishes.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use model::identity::{ClusterId, NumericIdentity, ReservedIdentity};
 use model::labels::Labels;
@@ -103,6 +103,10 @@ pub struct IdentityState {
     synced: bool,
     in_process: Option<InProcessAllocator>,
     local_scope_ids: InProcessAllocator,
+    /// Identities of remote clusters of the mesh, by cluster. Their ranges never overlap the
+    /// local cluster's (ids differ by cluster id, see [`IdentityState::remote_changed`]), so
+    /// they never collide with `known`.
+    remote: BTreeMap<ClusterId, BTreeMap<NumericIdentity, Labels>>,
 }
 
 impl IdentityState {
@@ -126,6 +130,7 @@ impl IdentityState {
             synced: in_process.is_some(),
             in_process,
             local_scope_ids: InProcessAllocator::local_scope(),
+            remote: BTreeMap::new(),
         }
     }
 
@@ -329,6 +334,64 @@ impl IdentityState {
         (!change.is_empty()).then_some(change)
     }
 
+    /// Identities of the remote cluster `cluster` appeared, changed labels or went away.
+    /// Ids outside the cluster's range are dropped with a warning, and so is everything
+    /// claimed for the local cluster's id or for cluster 0 (not a mesh member): those ranges
+    /// belong to this cluster's allocator. Removals of ids the cluster never added are
+    /// ignored. Returns what to publish.
+    pub fn remote_changed(
+        &mut self,
+        cluster: ClusterId,
+        added: Vec<(NumericIdentity, Labels)>,
+        removed: Vec<NumericIdentity>,
+    ) -> Option<IdentitiesChanged> {
+        if cluster == ClusterId::UNSET || cluster == self.cluster_id {
+            tracing::warn!(
+                %cluster,
+                local_cluster_id = %self.cluster_id,
+                added = added.len(),
+                removed = removed.len(),
+                "ignoring remote identities claimed for this cluster's id or cluster 0"
+            );
+            return None;
+        }
+        let identities = self.remote.entry(cluster).or_default();
+        let mut gone = BTreeSet::new();
+        for id in removed {
+            if identities.remove(&id).is_some() {
+                gone.insert(id);
+            }
+        }
+        let mut fresh = BTreeMap::new();
+        for (id, labels) in added {
+            if !cluster.contains(id) {
+                tracing::warn!(%cluster, %id, "ignoring remote identity outside its cluster's range");
+                continue;
+            }
+            if identities.get(&id) != Some(&labels) {
+                identities.insert(id, labels.clone());
+                gone.remove(&id);
+                fresh.insert(id, labels);
+            }
+        }
+        if identities.is_empty() {
+            self.remote.remove(&cluster);
+        }
+        let change = IdentitiesChanged {
+            added: fresh.into_iter().collect(),
+            removed: gone.into_iter().collect(),
+        };
+        (!change.is_empty()).then_some(change)
+    }
+
+    /// How many identities each remote cluster contributes, by cluster id.
+    pub fn remote_counts(&self) -> BTreeMap<ClusterId, usize> {
+        self.remote
+            .iter()
+            .map(|(cluster, ids)| (*cluster, ids.len()))
+            .collect()
+    }
+
     /// The labels of `id`.
     pub fn lookup(&self, id: NumericIdentity) -> Option<Labels> {
         if let Some(reserved) = ReservedIdentity::from_id(id) {
@@ -337,6 +400,7 @@ impl IdentityState {
         self.known
             .get(&id)
             .or_else(|| self.local_scope.get(&id))
+            .or_else(|| self.remote.get(&id.cluster_id())?.get(&id))
             .cloned()
     }
 
@@ -353,6 +417,7 @@ impl IdentityState {
                 self.known
                     .iter()
                     .chain(&self.local_scope)
+                    .chain(self.remote.values().flatten())
                     .map(|(id, labels)| IdentityInfo {
                         id: *id,
                         labels: labels.clone(),
@@ -645,6 +710,113 @@ mod tests {
             state.lookup(NumericIdentity::WORLD),
             Some([Label::world()].into_iter().collect())
         );
+    }
+
+    fn remote_labels(app: &str, cluster: &str) -> Labels {
+        Labels::from_k8s_pod(
+            "default",
+            [("app", app)],
+            &model::identity::ClusterName::new(cluster).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn remote_identities_are_kept_per_cluster_within_its_range() {
+        let mut state = IdentityState::local(ClusterId::new(1));
+        let c2 = ClusterId::new(2);
+        let first = id(2 << 16);
+        let change = state.remote_changed(
+            c2,
+            vec![
+                (first, remote_labels("a", "c2")),
+                // Cluster 3's range, the local cluster's range, a reserved id: dropped.
+                (id(3 << 16), remote_labels("x", "c2")),
+                (id(1 << 16), remote_labels("y", "c2")),
+                (NumericIdentity::HOST, remote_labels("z", "c2")),
+            ],
+            vec![],
+        );
+        assert_eq!(change, Some(added(vec![(first, remote_labels("a", "c2"))])));
+        assert_eq!(state.lookup(first), Some(remote_labels("a", "c2")));
+        assert_eq!(state.lookup(id(3 << 16)), None);
+        assert!(state.list().iter().any(|info| info.id == first));
+        assert_eq!(state.remote_counts(), BTreeMap::from([(c2, 1)]));
+        // The same again: nothing to publish. New labels: published as added.
+        assert_eq!(
+            state.remote_changed(c2, vec![(first, remote_labels("a", "c2"))], vec![]),
+            None
+        );
+        assert_eq!(
+            state.remote_changed(c2, vec![(first, remote_labels("b", "c2"))], vec![]),
+            Some(added(vec![(first, remote_labels("b", "c2"))]))
+        );
+        // Another cluster cannot remove cluster 2's identities.
+        assert_eq!(
+            state.remote_changed(ClusterId::new(3), vec![], vec![first]),
+            None
+        );
+        assert_eq!(
+            state.remote_changed(c2, vec![], vec![first, id((2 << 16) + 5)]),
+            Some(removed(vec![first]))
+        );
+        assert_eq!(state.lookup(first), None);
+        assert!(state.remote_counts().is_empty());
+    }
+
+    #[test]
+    fn remote_identities_for_the_local_cluster_or_cluster_zero_are_ignored() {
+        let mut state = IdentityState::local(ClusterId::new(1));
+        let (local, _) = state.allocate_in_process(&labels("a"), None).unwrap();
+        // A "remote" cluster with our id could overwrite our own identities.
+        assert_eq!(
+            state.remote_changed(ClusterId::new(1), vec![(local.id, labels("evil"))], vec![]),
+            None
+        );
+        assert_eq!(
+            state.remote_changed(ClusterId::UNSET, vec![(id(300), labels("evil"))], vec![]),
+            None
+        );
+        assert_eq!(
+            state.remote_changed(ClusterId::new(1), vec![], vec![local.id]),
+            None
+        );
+        assert_eq!(state.lookup(local.id), Some(labels("a")));
+    }
+
+    #[test]
+    fn remote_identities_never_collide_with_local_allocation() {
+        // Every pair of distinct clusters (0 included, as a cluster outside a mesh) owns
+        // disjoint ranges, so nothing a remote cluster may send is allocatable here.
+        for a in 0..=u8::MAX {
+            let others =
+                (u16::from(a) + 1..=u16::from(u8::MAX)).filter_map(|b| u8::try_from(b).ok());
+            let ra = ClusterId::new(a).identity_range();
+            for b in others {
+                let rb = ClusterId::new(b).identity_range();
+                assert!(
+                    ra.end() < rb.start() || rb.end() < ra.start(),
+                    "clusters {a} and {b} overlap"
+                );
+            }
+        }
+        // And concretely: the local allocator's ids stay out of the remote's range, and a
+        // remote identity does not disturb local allocation.
+        let mut state = IdentityState::local(ClusterId::new(1));
+        let remote = id(2 << 16);
+        state.remote_changed(
+            ClusterId::new(2),
+            vec![(remote, remote_labels("a", "c2"))],
+            vec![],
+        );
+        for app in ["a", "b", "c"] {
+            let (allocated, _) = state
+                .allocate_in_process(&labels(app), Some(remote))
+                .unwrap();
+            assert!(ClusterId::new(1).contains(allocated.id), "{allocated:?}");
+            assert_ne!(allocated.id, remote);
+        }
+        assert_eq!(state.lookup(remote), Some(remote_labels("a", "c2")));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use kvstore::{Backend, LeaseId};
 use model::identity::{ClusterId, ClusterName};
 
 use super::messages::{
-    Dump, ListNodes, NodeLeaseChanged, NodeManagerDump, PublishDump, UpdateLocalNode,
+    Dump, ListNodes, NodeLeaseChanged, NodeManagerDump, PublishDump, RemoteNodes, UpdateLocalNode,
 };
 use super::state::{Effect, NextPublish, NodeState, RouteOp};
 use crate::ipcache::{DeleteIp, IpEntry, Source, UpsertIp};
@@ -273,6 +273,28 @@ impl Handler<UpdateLocalNode> for NodeManager {
     fn handle(&mut self, msg: UpdateLocalNode, ctx: &mut Context<Self>) {
         let node = with_cluster(msg.node, &self.cluster, self.cluster_id);
         let effects = self.state.update_local(node);
+        self.dispatch(effects, ctx);
+    }
+}
+
+impl Handler<RemoteNodes> for NodeManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoteNodes, ctx: &mut Context<Self>) {
+        let cluster = msg.cluster.as_str();
+        tracing::debug!(
+            %cluster,
+            upserted = msg.upserted.len(),
+            removed = msg.removed.len(),
+            "remote nodes changed"
+        );
+        let mut effects = Vec::new();
+        for name in &msg.removed {
+            effects.extend(self.state.delete_remote(cluster, name));
+        }
+        for node in msg.upserted {
+            effects.extend(self.state.upsert_remote(cluster, node));
+        }
         self.dispatch(effects, ctx);
     }
 }

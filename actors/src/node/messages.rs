@@ -3,6 +3,7 @@
 use actix::Message;
 use kvstore::LeaseId;
 use kvstore::keys::Node;
+use model::identity::ClusterName;
 use serde::{Deserialize, Serialize};
 
 use super::state::{PeerDump, PublishStatus, RouteDump};
@@ -19,6 +20,19 @@ pub struct NodeLeaseChanged {
 #[rtype(result = "()")]
 pub struct UpdateLocalNode {
     pub node: Node,
+}
+
+/// The nodes of a remote cluster of the mesh (from its kvstore, imported by the clustermesh
+/// actor of that cluster). They get routes to their pod CIDRs and `reserved:remote-node`
+/// claims on their addresses exactly like the peers of the local cluster; names are per
+/// cluster. Draining a remote cluster is a message removing every node it had upserted.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct RemoteNodes {
+    pub cluster: ClusterName,
+    pub upserted: Vec<Node>,
+    /// Node names within `cluster`.
+    pub removed: Vec<String>,
 }
 
 /// Every known node record, the local one first (what `GET /cluster/nodes` lists).

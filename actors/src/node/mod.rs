@@ -8,8 +8,15 @@
 //! [`datapath::routes::NodeRoutes`] it drives was built); and the ipcache claims on node
 //! addresses: every peer's address as `reserved:remote-node`, this node's as `reserved:host`.
 //!
+//! Peers of remote clusters of the mesh ([`RemoteNodes`], from the clustermesh actors) are
+//! treated exactly like peers of the local cluster (routes to their pod CIDRs over the shared
+//! underlay, `reserved:remote-node` claims), keyed by cluster and name ([`PeerId`]) since node
+//! names are unique only within a cluster. Only the clustermesh removes them: the local
+//! listing never does.
+//!
 //! **Takes** ([`messages`]): [`NodeLeaseChanged`] (write the record again under a new lease),
-//! [`UpdateLocalNode`], [`ListNodes`] (`GET /cluster/nodes`), [`Dump`]. **Sends**
+//! [`UpdateLocalNode`], [`RemoteNodes`], [`ListNodes`] (`GET /cluster/nodes`, remote nodes
+//! included), [`Dump`]. **Sends**
 //! [`crate::ipcache::UpsertIp`] / [`crate::ipcache::DeleteIp`] with source
 //! [`NODE_IP_SOURCE`] to the ipcache.
 //!
@@ -18,7 +25,8 @@
 //!
 //! Invariants:
 //! - The kvstore being unreachable never removes a route or a claim: only a delete event, or
-//!   a complete re-listing that no longer contains the peer, does.
+//!   a complete re-listing that no longer contains the peer, does; for a remote cluster's
+//!   peer only a [`RemoteNodes`] removal does.
 //! - One route operation is in flight at a time; installs run before removals; a failed
 //!   operation is retried with backoff and shows in the dump with its error.
 //! - Publication is retried with backoff until it succeeds; a record change or a new lease
@@ -36,6 +44,6 @@ pub use actor::{
     NODE_IP_SOURCE, NodeIpcacheOutputs, NodeKvstoreConfig, NodeManager, NodeManagerConfig,
 };
 pub use messages::{
-    Dump, ListNodes, NodeLeaseChanged, NodeManagerDump, PublishDump, UpdateLocalNode,
+    Dump, ListNodes, NodeLeaseChanged, NodeManagerDump, PublishDump, RemoteNodes, UpdateLocalNode,
 };
-pub use state::{NodeName, PeerDump, PublishStatus, RouteDump, RouteOp, RouteStatus};
+pub use state::{NodeName, PeerDump, PeerId, PublishStatus, RouteDump, RouteOp, RouteStatus};

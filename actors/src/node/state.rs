@@ -49,6 +49,29 @@ impl fmt::Display for NodeName {
     }
 }
 
+/// A peer: a node of this cluster or of a remote cluster of the mesh. Node names are unique
+/// only within a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PeerId {
+    pub cluster: String,
+    pub name: NodeName,
+}
+
+impl PeerId {
+    pub fn new(cluster: impl Into<String>, name: impl Into<String>) -> Self {
+        PeerId {
+            cluster: cluster.into(),
+            name: NodeName::new(name),
+        }
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.cluster, self.name)
+    }
+}
+
 /// The underlay address of a node: its first IPv4 `InternalIP`, else its first IPv4 address.
 pub fn node_ipv4(node: &Node) -> Option<Ipv4Addr> {
     let v4 = |ip: Option<IpAddr>| match ip {
@@ -125,7 +148,7 @@ pub enum RouteStatus {
 pub struct RouteDump {
     pub route: NodeRoute,
     /// The peer that wants the route; `None` for one being removed.
-    pub peer: Option<NodeName>,
+    pub peer: Option<PeerId>,
     pub status: RouteStatus,
     /// Consecutive failures of the last operation on the route.
     pub failures: u32,
@@ -148,7 +171,7 @@ struct OpFailure {
 /// operation waits for its own backoff while operations on other routes go on.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    desired: BTreeMap<NodeName, BTreeSet<NodeRoute>>,
+    desired: BTreeMap<PeerId, BTreeSet<NodeRoute>>,
     installed: BTreeSet<NodeRoute>,
     failed: BTreeMap<RouteOp, OpFailure>,
     in_flight: Option<RouteOp>,
@@ -156,7 +179,7 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Sets the routes `peer` wants (none to forget the peer). Returns whether anything changed.
-    pub fn set_peer(&mut self, peer: &NodeName, routes: BTreeSet<NodeRoute>) -> bool {
+    pub fn set_peer(&mut self, peer: &PeerId, routes: BTreeSet<NodeRoute>) -> bool {
         let changed = self
             .desired
             .get(peer)
@@ -391,12 +414,18 @@ struct Peer {
 }
 
 /// The local node, its peers and their routes and claims.
+///
+/// Peers of the local cluster come from the kvstore watch (a complete listing removes those
+/// it lacks); peers of remote clusters come from the clustermesh ([`NodeState::upsert_remote`],
+/// [`NodeState::delete_remote`]) and only go when it removes them. Both get the same routes
+/// and claims.
 #[derive(Debug, Clone)]
 pub struct NodeState {
     cluster: String,
     local: Node,
-    peers: BTreeMap<NodeName, Peer>,
-    /// Peers seen in the current listing; `Some` from a (re)watch until its `Synced`.
+    peers: BTreeMap<PeerId, Peer>,
+    /// Local-cluster peers seen in the current listing; `Some` from a (re)watch until its
+    /// `Synced`.
     listing: Option<BTreeSet<NodeName>>,
     synced: bool,
     routes: RouteTable,
@@ -496,6 +525,34 @@ impl NodeState {
         if node.name == self.local.name {
             return Vec::new();
         }
+        self.set(PeerId::new(self.cluster.clone(), node.name.clone()), node)
+    }
+
+    /// A node of the remote cluster `cluster` appeared or changed. A record naming another
+    /// cluster than the one it came from, or this node's own cluster, is ignored with a
+    /// warning.
+    pub fn upsert_remote(&mut self, cluster: &str, node: Node) -> Vec<Effect> {
+        if cluster == self.cluster {
+            tracing::warn!(node = %node.name, %cluster, "ignoring remote node records for this node's own cluster");
+            return Vec::new();
+        }
+        if node.cluster != cluster {
+            tracing::warn!(node = %node.name, %cluster, claimed = %node.cluster, "ignoring a remote node record claiming another cluster");
+            return Vec::new();
+        }
+        self.set(PeerId::new(cluster, node.name.clone()), node)
+    }
+
+    /// The node `name` of the remote cluster `cluster` is gone.
+    pub fn delete_remote(&mut self, cluster: &str, name: &str) -> Vec<Effect> {
+        if cluster == self.cluster {
+            tracing::warn!(node = %name, %cluster, "ignoring a remote node removal for this node's own cluster");
+            return Vec::new();
+        }
+        self.forget(&PeerId::new(cluster, name))
+    }
+
+    fn set(&mut self, name: PeerId, node: Node) -> Vec<Effect> {
         let ip = node_ipv4(&node);
         let mut effects = Vec::new();
         let old_ip = self.peers.get(&name).and_then(|peer| peer.ip);
@@ -524,17 +581,16 @@ impl NodeState {
         effects
     }
 
-    /// The record `name` was deleted.
+    /// The record `name` of this cluster was deleted.
     pub fn delete_peer(&mut self, name: &str) -> Vec<Effect> {
-        let name = NodeName::new(name);
-        if name.as_str() == self.local.name {
+        if name == self.local.name {
             // Our own record vanished (lease lost, or removed by hand): write it again.
             return self.republish();
         }
-        self.forget(&name)
+        self.forget(&PeerId::new(self.cluster.clone(), name))
     }
 
-    fn forget(&mut self, name: &NodeName) -> Vec<Effect> {
+    fn forget(&mut self, name: &PeerId) -> Vec<Effect> {
         let Some(peer) = self.peers.remove(name) else {
             return Vec::new();
         };
@@ -553,10 +609,10 @@ impl NodeState {
         let Some(seen) = self.listing.take() else {
             return (Vec::new(), first);
         };
-        let gone: Vec<NodeName> = self
+        let gone: Vec<PeerId> = self
             .peers
             .keys()
-            .filter(|name| !seen.contains(*name))
+            .filter(|peer| peer.cluster == self.cluster && !seen.contains(&peer.name))
             .cloned()
             .collect();
         let mut effects = Vec::new();
@@ -574,7 +630,7 @@ impl NodeState {
         self.synced
     }
 
-    /// Every known node record: the local one first, then the peers by name.
+    /// Every known node record: the local one first, then the peers by cluster and name.
     pub fn nodes(&self) -> Vec<Node> {
         std::iter::once(self.local.clone())
             .chain(self.peers.values().map(|peer| peer.node.clone()))
@@ -585,8 +641,9 @@ impl NodeState {
     pub fn peer_dump(&self) -> Vec<PeerDump> {
         self.peers
             .iter()
-            .map(|(name, peer)| PeerDump {
-                name: name.clone(),
+            .map(|(id, peer)| PeerDump {
+                cluster: id.cluster.clone(),
+                name: id.name.clone(),
                 node_ip: peer.ip,
                 pod_cidrs: node_pod_cidrs(&peer.node),
             })
@@ -597,6 +654,7 @@ impl NodeState {
 /// One peer in a dump.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerDump {
+    pub cluster: String,
     pub name: NodeName,
     pub node_ip: Option<Ipv4Addr>,
     pub pod_cidrs: Vec<Ipv4Net>,
@@ -729,6 +787,89 @@ mod tests {
         assert_eq!(s.nodes().len(), 2);
     }
 
+    fn remote(cluster: &str, name: &str, ip: &str, cidr: &str) -> Node {
+        Node {
+            cluster: cluster.into(),
+            ..node(name, ip, cidr)
+        }
+    }
+
+    #[test]
+    fn remote_cluster_nodes_are_peers_keyed_by_cluster_and_name() {
+        let mut s = state();
+        s.upsert_peer(node("b", "192.168.50.2", "10.0.2.0/24"));
+        converge(s.routes());
+        // Same node name as the local peer, another cluster: a peer of its own.
+        let effects = s.upsert_remote("c2", remote("c2", "b", "192.168.60.2", "10.1.2.0/24"));
+        assert_eq!(
+            effects,
+            [
+                Effect::ClaimIp {
+                    ip: ip("192.168.60.2"),
+                    identity: NumericIdentity::REMOTE_NODE,
+                    host_ip: Some(ip("192.168.60.2")),
+                },
+                Effect::Reconcile,
+            ]
+        );
+        assert_eq!(
+            converge(s.routes()),
+            [RouteOp::Install(route("10.1.2.0/24", "192.168.60.2"))]
+        );
+        let names: Vec<(String, String)> =
+            s.nodes().into_iter().map(|n| (n.cluster, n.name)).collect();
+        assert_eq!(
+            names,
+            [
+                ("c1".to_owned(), "a".to_owned()),
+                ("c1".to_owned(), "b".to_owned()),
+                ("c2".to_owned(), "b".to_owned()),
+            ]
+        );
+        let dump = s.routes().dump();
+        assert_eq!(dump[1].peer, Some(PeerId::new("c2", "b")));
+
+        // A record claiming another cluster than its source, or our own cluster: ignored.
+        assert!(
+            s.upsert_remote("c2", remote("c3", "x", "192.168.70.1", "10.2.0.0/24"))
+                .is_empty()
+        );
+        assert!(
+            s.upsert_remote("c1", node("y", "192.168.50.9", "10.0.9.0/24"))
+                .is_empty()
+        );
+        assert!(
+            s.delete_remote("c1", "b").is_empty(),
+            "local peers are not the mesh's"
+        );
+
+        // A re-listing of the local cluster leaves remote peers alone.
+        s.watch_started();
+        s.upsert_peer(node("a", "192.168.50.1", "10.0.1.0/24"));
+        let (effects, _) = s.synced();
+        assert_eq!(
+            effects,
+            [Effect::ReleaseIp(ip("192.168.50.2")), Effect::Reconcile]
+        );
+        assert_eq!(
+            converge(s.routes()),
+            [RouteOp::Remove(route("10.0.2.0/24", "192.168.50.2"))]
+        );
+        assert_eq!(s.peer_dump().len(), 1);
+
+        // Removal by the mesh drops the route and the claim.
+        assert_eq!(
+            s.delete_remote("c2", "b"),
+            [Effect::ReleaseIp(ip("192.168.60.2")), Effect::Reconcile]
+        );
+        assert_eq!(
+            converge(s.routes()),
+            [RouteOp::Remove(route("10.1.2.0/24", "192.168.60.2"))]
+        );
+        assert!(s.delete_remote("c2", "b").is_empty());
+        assert_eq!(s.nodes().len(), 1);
+    }
+
     #[test]
     fn a_moved_peer_gets_its_new_route_before_the_old_one_goes() {
         let mut s = state();
@@ -778,8 +919,8 @@ mod tests {
         let mut table = RouteTable::default();
         let b = route("10.0.2.0/24", "192.168.50.2");
         let c = route("10.0.3.0/24", "192.168.50.3");
-        table.set_peer(&NodeName::new("b"), [b].into());
-        table.set_peer(&NodeName::new("c"), [c].into());
+        table.set_peer(&PeerId::new("c1", "b"), [b].into());
+        table.set_peer(&PeerId::new("c1", "c"), [c].into());
         let op = table.start().unwrap();
         assert_eq!(op, RouteOp::Install(b));
         assert!(table.start().is_none(), "one operation at a time");
@@ -816,7 +957,7 @@ mod tests {
         let mut table = RouteTable::default();
         let kept = route("10.0.2.0/24", "192.168.50.2");
         let stale = route("10.0.7.0/24", "192.168.50.7");
-        table.set_peer(&NodeName::new("b"), [kept].into());
+        table.set_peer(&PeerId::new("c1", "b"), [kept].into());
         assert!(table.adopt([kept, stale]));
         assert_eq!(table.dump()[1].status, RouteStatus::Removing);
         assert_eq!(converge(&mut table), [RouteOp::Remove(stale)]);
