@@ -335,6 +335,59 @@ async fn services_apply_list_and_delete_as_cluster_services() {
         .collect();
     assert_eq!(backends, ["10.0.1.5:8080", "10.0.2.5:8080"]);
 
+    assert!(!service.include_external && !service.shared);
+
+    // A global service: shared by default, with its affinity in the (ext) label.
+    cli.ok(
+        &[
+            "--cluster-name",
+            "c1",
+            "service",
+            "apply",
+            "--name",
+            "echo",
+            "--frontend",
+            "10.96.0.11:80",
+            "--backends",
+            "10.0.1.6:8080",
+            "--global",
+            "--affinity",
+            "local",
+        ],
+        None,
+    );
+    let kv = backend
+        .get("cilium/state/services/v1/c1/default/echo")
+        .await
+        .unwrap()
+        .unwrap();
+    let global = ClusterService::decode(&kv.value).unwrap();
+    assert!(global.include_external && global.shared);
+    assert_eq!(
+        global
+            .labels
+            .get(actors::clusterstate::AFFINITY_LABEL)
+            .map(String::as_str),
+        Some("local")
+    );
+    let out = cli.run(
+        &[
+            "--cluster-name",
+            "c1",
+            "service",
+            "apply",
+            "--name",
+            "x",
+            "--frontend",
+            "10.96.0.12:80",
+            "--affinity",
+            "local",
+        ],
+        None,
+    );
+    assert!(!out.status.success(), "--affinity needs --global");
+    cli.ok(&["--cluster-name", "c1", "service", "delete", "echo"], None);
+
     // From a file: the cluster is filled in; a record of another cluster is refused.
     let file = r#"
 namespace: shop

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use actors::clusterstate::AFFINITY_LABEL;
 use actors::clusterstate::PolicyRef;
 use anyhow::{Context as _, anyhow, bail};
 use cilium_cmd::cluster_cli::policy::{
@@ -152,6 +153,18 @@ struct ServiceApply {
     /// The name of the port (frontend and backends share it).
     #[arg(long, default_value = "http")]
     port_name: String,
+    /// A global service (upstream `service.cilium.io/global`): it also gets the backends of
+    /// every cluster of the mesh whose service of the same namespace and name is shared.
+    #[arg(long, requires = "name")]
+    global: bool,
+    /// Whether other clusters may use this service's backends (upstream
+    /// `service.cilium.io/shared`); defaults to true for a global service, as upstream.
+    #[arg(long, requires = "name")]
+    shared: Option<bool>,
+    /// Which backends a global service prefers (upstream `service.cilium.io/affinity`): `local`
+    /// while any local backend exists, `remote`, or `none`.
+    #[arg(long, requires = "global", value_parser = ["local", "remote", "none"])]
+    affinity: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -315,7 +328,7 @@ async fn service(
                     {
                         bail!("--protocol {:?}: use tcp or udp", apply.protocol);
                     }
-                    vec![service_from_flags(
+                    let mut service = service_from_flags(
                         cluster,
                         &apply.namespace,
                         name,
@@ -323,7 +336,15 @@ async fn service(
                         &apply.backends,
                         &apply.protocol,
                         &apply.port_name,
-                    )?]
+                    )?;
+                    service.include_external = apply.global;
+                    service.shared = apply.shared.unwrap_or(apply.global);
+                    if let Some(affinity) = &apply.affinity {
+                        service
+                            .labels
+                            .insert(AFFINITY_LABEL.to_owned(), affinity.clone());
+                    }
+                    vec![service]
                 }
             };
             let backend = connect(opts).await?;
