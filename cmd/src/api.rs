@@ -62,6 +62,13 @@ pub struct StatusResponse {
     /// (ext) Kvstore mode: the other nodes of the cluster and the routes to their pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<SubsystemStatus>,
+    /// With `--clustermesh-config`: every remote cluster (upstream `ClusterMeshStatus`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "cluster-mesh"
+    )]
+    pub cluster_mesh: Option<ClusterMeshStatus>,
     #[serde(rename = "node-name")]
     pub node_name: String,
     pub cluster: ClusterInfo,
@@ -71,6 +78,12 @@ pub struct StatusResponse {
     pub identity_count: usize,
     #[serde(rename = "service-count")]
     pub service_count: usize,
+}
+
+/// The remote clusters of the mesh (upstream `ClusterMeshStatus`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeshStatus {
+    pub clusters: Vec<clustermesh::RemoteClusterStatus>,
 }
 
 /// The cluster this node belongs to.

@@ -46,6 +46,7 @@ use actors::policy::{
 use actors::service::{
     ServiceError, ServiceIdRanges, ServiceManager, ServiceOutputs, ServiceSnapshot,
 };
+use clustermesh::{ClusterMesh, ClusterMeshConfig, ClusterMeshOutputs};
 use datapath::api::{Datapath, EndpointLinks, MapKey, MapName, MapValue};
 use datapath::reconciler::{
     DatapathActor, DatapathActorConfig, InitialSyncDone, ListMap, ReconcileError,
@@ -80,6 +81,16 @@ pub struct ClusterMembership {
     pub node_ip: Ipv4Addr,
     /// Routes (or tunnels) to other nodes' pod CIDRs.
     pub routes: Arc<dyn NodeRoutes>,
+    /// ClusterMesh (`--clustermesh-config DIR`): the remote clusters to import.
+    pub mesh: Option<MeshMembership>,
+}
+
+/// How this agent reaches the other clusters of its mesh.
+#[derive(Debug, Clone)]
+pub struct MeshMembership {
+    /// One etcd config file per remote cluster, file name = cluster name.
+    pub config_dir: PathBuf,
+    pub connector: Arc<dyn clustermesh::Connector>,
 }
 
 /// What the agent needs to start, already parsed and validated by the binary (or a test).
@@ -159,6 +170,8 @@ pub struct AgentHandles {
     pub ipam: Option<Addr<IpamActor>>,
     /// Present in kvstore mode: this node's record and the routes to the others.
     pub nodes: Option<Addr<NodeManager>>,
+    /// Present with `--clustermesh-config`: the remote clusters and their status.
+    pub mesh: Option<Addr<ClusterMesh>>,
     /// Present with IPAM: endpoints need addresses.
     pub endpoints: Option<Addr<EndpointManager>>,
     /// Set by [`Agent::restore`] once the restore is complete and the datapath may prune.
@@ -303,6 +316,7 @@ pub async fn start_agent(
         })?;
 
     // Kvstore mode: cluster-wide policies and services come from the kvstore as well.
+    let mut service_watcher = None;
     if let Some(cluster) = &config.cluster {
         let cluster_state_error = |source| StartError::ClusterState {
             state_dir: config.state_dir.clone(),
@@ -320,20 +334,22 @@ pub async fn start_agent(
         )
         .map_err(cluster_state_error)?
         .start();
-        ServiceWatcher::new(
-            ServiceWatcherConfig {
-                backend: Arc::clone(&cluster.backend),
-                cluster: config.cluster_name.as_str().to_owned(),
-                record: Box::new(FileServiceRecordStore::in_state_dir(&config.state_dir)),
-            },
-            ServiceWatcherOutputs {
-                upsert: services.clone().recipient(),
-                delete: services.clone().recipient(),
-                list: services.clone().recipient(),
-            },
-        )
-        .map_err(cluster_state_error)?
-        .start();
+        service_watcher = Some(
+            ServiceWatcher::new(
+                ServiceWatcherConfig {
+                    backend: Arc::clone(&cluster.backend),
+                    cluster: config.cluster_name.as_str().to_owned(),
+                    record: Box::new(FileServiceRecordStore::in_state_dir(&config.state_dir)),
+                },
+                ServiceWatcherOutputs {
+                    upsert: services.clone().recipient(),
+                    delete: services.clone().recipient(),
+                    list: services.clone().recipient(),
+                },
+            )
+            .map_err(cluster_state_error)?
+            .start(),
+        );
     }
 
     let ipam = match config.ipv4_range {
@@ -425,6 +441,31 @@ pub async fn start_agent(
         None => None,
     };
 
+    // ClusterMesh: remote clusters feed the identity actor, the ipcache, the node manager and
+    // the service watcher, which all exist in kvstore mode (the binary refuses a mesh without).
+    let mesh = match (&config.cluster, &nodes, &service_watcher) {
+        (Some(cluster), Some(nodes), Some(service_watcher)) => cluster.mesh.as_ref().map(|mesh| {
+            tracing::info!(dir = %mesh.config_dir.display(), "clustermesh: watching remote clusters");
+            ClusterMesh::new(
+                ClusterMeshConfig::new(
+                    mesh.config_dir.clone(),
+                    config.cluster_name.clone(),
+                    config.cluster_id,
+                ),
+                ClusterMeshOutputs {
+                    identities: identity.clone().recipient(),
+                    nodes: nodes.clone().recipient(),
+                    services: service_watcher.clone().recipient(),
+                    ipcache_upsert: ipcache.clone().recipient(),
+                    ipcache_delete: ipcache.clone().recipient(),
+                },
+                Arc::clone(&mesh.connector),
+            )
+            .start()
+        }),
+        _ => None,
+    };
+
     Ok(Agent {
         handles: AgentHandles {
             config,
@@ -435,6 +476,7 @@ pub async fn start_agent(
             services,
             ipam,
             nodes,
+            mesh,
             endpoints,
             ready: Arc::new(AtomicBool::new(false)),
             hubble: Arc::new(OnceLock::new()),

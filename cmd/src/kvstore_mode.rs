@@ -6,13 +6,18 @@
 //! the operator allocates CIDRs to the nodes it sees; it then waits for
 //! `cilium/config/ipam/v1/<cluster>/<node>`, saying every few seconds what it waits for, so a
 //! missing operator is obvious in the log.
+//!
+//! [`EtcdConnector`] reaches the etcd of a remote cluster of the mesh from its config file.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use ipnet::{IpNet, Ipv4Net};
+use kvstore::config::EtcdConfig;
+use kvstore::etcd::EtcdBackend;
 use kvstore::keys::{IPAM_PREFIX, IpamAllocation, NODES_PREFIX, Node, NodeAddress, NodeCidr};
 use kvstore::keys::{StoreValue, TypedEvent, TypedStore, ipam_key};
 use kvstore::{Backend, LeaseId};
@@ -22,6 +27,24 @@ use model::identity::{ClusterId, ClusterName};
 const WAIT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Delay between attempts while the kvstore does not answer.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Connects to a remote cluster's etcd from its file in `--clustermesh-config` (the same YAML
+/// as `--kvstore-opt etcd.config=FILE`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EtcdConnector;
+
+#[async_trait::async_trait]
+impl clustermesh::Connector for EtcdConnector {
+    async fn connect(
+        &self,
+        cluster: &ClusterName,
+        config_path: &Path,
+    ) -> Result<Arc<dyn Backend>, kvstore::Error> {
+        let config = EtcdConfig::from_file(config_path)?;
+        tracing::info!(%cluster, endpoints = ?config.endpoints, "connecting to a remote cluster's etcd");
+        Ok(Arc::new(EtcdBackend::connect(&config).await?))
+    }
+}
 
 /// The node record this agent publishes (upstream `pkg/node/types.Node` as an agent in
 /// kvstore mode writes it).

@@ -40,9 +40,9 @@ use tokio::net::UnixListener;
 
 use crate::api::{
     self, AddressPair, BpfMap, BpfMapEntry, BpfMapList, BpfMapSummary, ClusterInfo,
-    ClusterNodeStatus, IpamAddressResponse, IpamResponse, IpamStatus, NodeAddressing,
-    NodeAddressingElement, NodeElement, PolicyDeleteRequest, PolicyDeleteResponse, PolicyStatus,
-    SelectorIdentityMapping, StatusResponse, SubsystemStatus,
+    ClusterMeshStatus, ClusterNodeStatus, IpamAddressResponse, IpamResponse, IpamStatus,
+    NodeAddressing, NodeAddressingElement, NodeElement, PolicyDeleteRequest, PolicyDeleteResponse,
+    PolicyStatus, SelectorIdentityMapping, StatusResponse, SubsystemStatus,
 };
 use crate::daemon::{AgentHandles, KvstoreMode};
 
@@ -297,6 +297,12 @@ async fn healthz(State(h): State<AgentHandles>) -> ApiResult<Json<StatusResponse
         )),
         None => None,
     };
+    let cluster_mesh = match &h.mesh {
+        Some(mesh) => Some(ClusterMeshStatus {
+            clusters: ask(mesh, clustermesh::ClusterMeshStatus, "clustermesh").await?,
+        }),
+        None => None,
+    };
     let ipcache_sync_error = match &h.config.kvstore {
         KvstoreMode::Disabled => None,
         KvstoreMode::Etcd { .. } => ask(&h.ipcache, actors::ipcache::Dump, "ipcache")
@@ -333,6 +339,7 @@ async fn healthz(State(h): State<AgentHandles>) -> ApiResult<Json<StatusResponse
         datapath: datapath_status,
         hubble,
         nodes,
+        cluster_mesh,
         node_name: h.config.node_name.clone(),
         cluster: ClusterInfo {
             name: h.config.cluster_name.as_str().to_owned(),

@@ -11,9 +11,11 @@ use std::time::Duration;
 use actors::identity::IdentityBackend;
 use actors::policy::EnforcementMode;
 use anyhow::{Context as _, anyhow, bail};
-use cilium_cmd::daemon::{AgentConfig, ClusterMembership, KvstoreMode, start_agent};
+use cilium_cmd::daemon::{
+    AgentConfig, ClusterMembership, KvstoreMode, MeshMembership, start_agent,
+};
 use cilium_cmd::hubble_server::{self, HubbleConfig};
-use cilium_cmd::kvstore_mode::{local_node, wait_for_pod_cidr};
+use cilium_cmd::kvstore_mode::{EtcdConnector, local_node, wait_for_pod_cidr};
 use cilium_cmd::{metrics, server};
 use clap::{Parser, ValueEnum};
 use datapath::routes::{NetlinkNodeRoutes, RoutingMode};
@@ -273,7 +275,18 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         );
     }
     if flags.clustermesh_config.is_some() {
-        tracing::warn!("--clustermesh-config is not supported yet and is ignored");
+        if flags.kvstore.is_empty() {
+            bail!(
+                "--clustermesh-config needs this cluster's kvstore too: pass --kvstore etcd \
+                 --kvstore-opt etcd.config=FILE"
+            );
+        }
+        if cluster_id == ClusterId::UNSET {
+            bail!(
+                "--clustermesh-config needs a --cluster-id between 1 and 255, distinct from every \
+                 other cluster of the mesh"
+            );
+        }
     }
     if !flags.devices.is_empty() {
         tracing::info!(devices = ?flags.devices, "native devices");
@@ -313,6 +326,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
                 lease: Arc::new(kv.lease),
                 node_ip,
                 routes: Arc::new(NetlinkNodeRoutes::new(flags.routing_mode, node_ip)),
+                mesh: flags
+                    .clustermesh_config
+                    .clone()
+                    .map(|config_dir| MeshMembership {
+                        config_dir,
+                        connector: Arc::new(EtcdConnector),
+                    }),
             };
             (kv.identity, kv.mode, Some(membership))
         }

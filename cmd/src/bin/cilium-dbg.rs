@@ -267,9 +267,56 @@ async fn status(ctx: &Ctx, verbose: bool) -> anyhow::Result<()> {
         );
         println!("{:<14}{}", "Identities:", status.identity_count);
         println!("{:<14}{}", "Services:", status.service_count);
-        println!("{:<14}(none: not part of this agent yet)", "ClusterMesh:");
+    }
+    if let Some(mesh) = &status.cluster_mesh {
+        print_cluster_mesh(mesh, verbose);
     }
     Ok(())
+}
+
+/// The ClusterMesh lines of `status`, shaped like upstream's.
+fn print_cluster_mesh(mesh: &api::ClusterMeshStatus, verbose: bool) {
+    let ready = mesh.clusters.iter().filter(|c| c.ready).count();
+    println!(
+        "{:<14}{ready}/{} remote clusters ready",
+        "ClusterMesh:",
+        mesh.clusters.len()
+    );
+    if !verbose {
+        return;
+    }
+    for c in &mesh.clusters {
+        println!(
+            "   {}: {}, {} nodes, {} endpoints, {} identities, {} services, {} failures (last: {})",
+            c.name,
+            if c.ready { "ready" } else { "not-ready" },
+            c.num_nodes,
+            c.num_endpoints,
+            c.num_identities,
+            c.num_shared_services,
+            c.num_failures,
+            c.last_failure.as_deref().unwrap_or("never"),
+        );
+        println!("   └  {}", c.status);
+        if let Some(message) = &c.last_failure_message {
+            println!("   └  last failure: {message}");
+        }
+        if let Some(config) = &c.config {
+            println!(
+                "   └  remote configuration: expected={}, retrieved={}, cluster-id={}, \
+                 kvstoremesh={}, sync-canaries={}",
+                config.required,
+                config.retrieved,
+                config.cluster_id,
+                config.kvstoremesh,
+                config.sync_canaries
+            );
+        }
+        println!(
+            "   └  synchronization status: nodes={}, endpoints={}, identities={}, services={}",
+            c.synced.nodes, c.synced.endpoints, c.synced.identities, c.synced.services
+        );
+    }
 }
 
 fn endpoint_row(table: &mut Table, ep: &api::Endpoint) {
