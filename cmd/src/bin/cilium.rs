@@ -12,6 +12,7 @@ use std::sync::Arc;
 use actors::clusterstate::AFFINITY_LABEL;
 use actors::clusterstate::PolicyRef;
 use anyhow::{Context as _, anyhow, bail};
+use cilium_cmd::cluster_cli::mesh;
 use cilium_cmd::cluster_cli::policy::{
     PolicyEntry, apply_policies, delete_all_policies, delete_policy, list_policies, parse_policies,
 };
@@ -78,6 +79,27 @@ enum Command {
     Service {
         #[command(subcommand)]
         command: ServiceCommand,
+    },
+    /// The cluster's view of the other clusters of its mesh.
+    Clustermesh {
+        #[command(subcommand)]
+        command: ClustermeshCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClustermeshCommand {
+    /// How every agent sees every remote cluster: connected, ready, synced, and counts.
+    Status {
+        /// An agent's API socket; repeat for every agent of the cluster.
+        #[arg(long = "agent-socket", default_value = cilium_cmd::client::DEFAULT_SOCKET)]
+        agent_sockets: Vec<PathBuf>,
+        /// Wait until every agent sees every remote cluster ready and synced.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (`5m`, `30s`).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        wait_duration: std::time::Duration,
     },
 }
 
@@ -186,7 +208,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service { command } => {
             service(command, &cli.kvstore_opt, &cli.cluster_name, json).await
         }
+        Command::Clustermesh {
+            command:
+                ClustermeshCommand::Status {
+                    agent_sockets,
+                    wait,
+                    wait_duration,
+                },
+        } => clustermesh_status(&agent_sockets, wait, wait_duration, json).await,
     }
+}
+
+/// Asks every agent for its status; with `wait`, again until the mesh is healthy or the time
+/// is up. Fails (exit 1) when the mesh is not healthy, so scripts can wait on it.
+async fn clustermesh_status(
+    sockets: &[PathBuf],
+    wait: bool,
+    wait_duration: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + wait_duration;
+    let summary = loop {
+        let mut reports = Vec::new();
+        for socket in sockets {
+            let status = cilium_cmd::client::AgentClient::new(socket.clone())
+                .healthz()
+                .await
+                .map_err(|e| format!("{e:#}"));
+            reports.push(mesh::AgentReport {
+                socket: socket.clone(),
+                status,
+            });
+        }
+        let summary = mesh::summarize(&reports);
+        if !wait || summary.healthy() || tokio::time::Instant::now() >= deadline {
+            break summary;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    };
+    if json {
+        print_json(&summary)?;
+    } else {
+        print!("{}", mesh::render(&summary));
+    }
+    if !summary.healthy() {
+        bail!(
+            "the mesh is not healthy: check the agents' --clustermesh-config files, the remote \
+             clusters' etcd and their clustermesh-apiserver (cluster config, heartbeat)"
+        );
+    }
+    Ok(())
 }
 
 async fn connect(opts: &[String]) -> anyhow::Result<Arc<dyn Backend>> {

@@ -9,7 +9,9 @@
 //! # Layout
 //! - [`policy`]: `cilium policy apply|delete|list` (`cilium/config/policies/v1/...`).
 //! - [`service`]: `cilium service apply|delete|list` (`cilium/state/services/v1/...`).
+//! - [`mesh`]: `cilium clustermesh status`, from the agents' status.
 
+pub mod mesh;
 pub mod policy;
 pub mod service;
 
