@@ -62,6 +62,13 @@ pub struct ClusterMeshConfig {
     pub poll_interval: Duration,
     /// Silence of the remote's `cilium/.heartbeat` after which the session counts as lost.
     pub heartbeat_timeout: Duration,
+    /// How often the remote kvstore is asked for its status while a session is up. Watches
+    /// resume by themselves after a reconnect, so they never report an etcd that stopped
+    /// answering; this check does (upstream's etcd status checker).
+    pub status_check_interval: Duration,
+    /// Consecutive failed status checks (error or no answer within the interval) after which
+    /// the session counts as lost.
+    pub status_check_failures: u32,
     /// Bound on connecting plus reading the cluster configuration.
     pub connect_timeout: Duration,
     pub backoff: ReconnectBackoff,
@@ -71,8 +78,9 @@ pub struct ClusterMeshConfig {
 }
 
 impl ClusterMeshConfig {
-    /// The defaults: poll every second, upstream's 2-minute heartbeat window, 1 s to 30 s
-    /// backoff, and a 5-minute drain timeout.
+    /// The defaults: poll every second, upstream's 2-minute heartbeat window, a status check
+    /// every 5 s (lost after 3 failures in a row), 1 s to 30 s backoff, and a 5-minute drain
+    /// timeout.
     pub fn new(
         config_dir: PathBuf,
         local_cluster: ClusterName,
@@ -84,6 +92,8 @@ impl ClusterMeshConfig {
             local_cluster_id,
             poll_interval: Duration::from_secs(1),
             heartbeat_timeout: HEARTBEAT_TIMEOUT,
+            status_check_interval: Duration::from_secs(5),
+            status_check_failures: 3,
             connect_timeout: Duration::from_secs(60),
             backoff: ReconnectBackoff::default(),
             drain_timeout: Some(Duration::from_secs(300)),

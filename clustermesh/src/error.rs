@@ -33,6 +33,8 @@ pub enum ConnectError {
     WatchEnded { prefix: String },
     #[error("heartbeat cilium/.heartbeat not updated for more than {0:?}")]
     HeartbeatTimeout(std::time::Duration),
+    #[error("the kvstore failed {failures} status checks in a row: {message}")]
+    StatusCheck { failures: u32, message: String },
 }
 
 /// A value of a remote cluster that is not imported (logged as a warning, naming the key).

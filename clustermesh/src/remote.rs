@@ -247,6 +247,8 @@ enum Item {
     Data(Kind, Arc<str>, Result<WatchEvent, kvstore::Error>),
     Heartbeat(Result<WatchEvent, kvstore::Error>),
     Canary(Kind, Result<(), kvstore::Error>),
+    /// The result of one status check of the remote kvstore.
+    Status(Result<(), String>),
     Ended(String),
 }
 
@@ -410,6 +412,20 @@ impl Remote {
             stream::once(async { Item::Ended(HEARTBEAT_KEY.to_owned()) }),
         )));
 
+        let check_every = self.shared.config.status_check_interval;
+        let checks = stream::unfold(Arc::clone(&backend), move |backend| async move {
+            tokio::time::sleep(check_every).await;
+            let result = match tokio::time::timeout(check_every, backend.status()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!("no answer within {check_every:?}")),
+            };
+            Some((Item::Status(result), backend))
+        });
+        sources.push(Box::pin(checks));
+        let max_check_failures = self.shared.config.status_check_failures.max(1);
+        let mut check_failures = 0u32;
+
         let heartbeat_timeout = self.shared.config.heartbeat_timeout;
         let mut deadline = Instant::now() + heartbeat_timeout;
         let mut listed: BTreeSet<Kind> = BTreeSet::new();
@@ -456,6 +472,21 @@ impl Remote {
                             source,
                         });
                         break;
+                    }
+                    Item::Status(Ok(())) => check_failures = 0,
+                    Item::Status(Err(message)) => {
+                        check_failures += 1;
+                        tracing::warn!(
+                            cluster = %self.name, failures = check_failures, %message,
+                            "remote kvstore status check failed"
+                        );
+                        if check_failures >= max_check_failures {
+                            failure = Some(ConnectError::StatusCheck {
+                                failures: check_failures,
+                                message,
+                            });
+                            break;
+                        }
                     }
                     Item::Canary(kind, Ok(())) => {
                         tracing::debug!(cluster = %self.name, ?kind, "sync canary seen");

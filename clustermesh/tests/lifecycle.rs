@@ -128,6 +128,46 @@ async fn invalid_cluster_configs_are_refused_with_a_failure() {
 }
 
 #[actix::test]
+async fn a_kvstore_that_stops_answering_fails_the_status_check_long_before_the_heartbeat() {
+    tokio::time::pause();
+    let connector = Arc::new(TestConnector::default());
+    let remote = basic_cluster(&connector, "c2", "c2", 2).await;
+    pod(&*remote, "10.2.1.1", "keep").await;
+    let mesh = start_mesh(connector.clone(), |c| {
+        c.status_check_interval = Duration::from_secs(5);
+        c.status_check_failures = 3;
+        c.backoff.initial = Duration::from_secs(60);
+        c.backoff.max = Duration::from_secs(60);
+    });
+    mesh.write_config("c2", "c2");
+    let r = &mesh.recorder;
+    eventually("imported", async || r.ipcache().len() == 1).await;
+    let before = r.len();
+
+    connector.store("c2").set_unavailable(true);
+    // Two failed checks are tolerated...
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(mesh.status_of("c2").await.unwrap().connected);
+    // ...the third one ends the session, well inside the 2-minute heartbeat window.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    eventually("disconnected", async || {
+        mesh.status_of("c2").await.is_some_and(|s| !s.connected)
+    })
+    .await;
+    let status = mesh.status_of("c2").await.unwrap();
+    assert!(
+        status
+            .last_failure_message
+            .as_deref()
+            .is_some_and(|m| m.contains("status checks")),
+        "{status:?}"
+    );
+    // The imported state stays while the cluster is away.
+    assert_eq!(r.len(), before);
+    assert_eq!(status.num_endpoints, 1);
+}
+
+#[actix::test]
 async fn heartbeat_loss_keeps_state_and_the_resync_sends_only_differences() {
     tokio::time::pause();
     let connector = Arc::new(TestConnector::default());
@@ -143,6 +183,8 @@ async fn heartbeat_loss_keeps_state_and_the_resync_sends_only_differences() {
     pod(&*remote, "10.2.1.3", "remove").await;
     let mesh = start_mesh(connector.clone(), |c| {
         c.heartbeat_timeout = Duration::from_secs(30);
+        // This test is about the heartbeat: the status check stays out of the way.
+        c.status_check_interval = Duration::from_secs(3600);
         // Long enough that the status still shows the heartbeat failure, not a retry's.
         c.backoff.initial = Duration::from_secs(5);
         c.backoff.max = Duration::from_secs(5);

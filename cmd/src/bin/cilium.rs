@@ -175,6 +175,10 @@ struct ServiceApply {
     /// The name of the port (frontend and backends share it).
     #[arg(long, default_value = "http")]
     port_name: String,
+    /// This cluster's id (1-255 in a mesh), written into records that carry none: other
+    /// clusters refuse a record whose id is not the one of its cluster.
+    #[arg(long, env = "CILIUM_CLUSTER_ID", default_value_t = 0)]
+    cluster_id: u8,
     /// A global service (upstream `service.cilium.io/global`): it also gets the backends of
     /// every cluster of the mesh whose service of the same namespace and name is shared.
     #[arg(long, requires = "name")]
@@ -386,7 +390,7 @@ async fn service(
 ) -> anyhow::Result<()> {
     match command {
         ServiceCommand::Apply(apply) => {
-            let services = match &apply.file {
+            let mut services = match &apply.file {
                 Some(file) => parse_services(&read_input(file)?, cluster)
                     .with_context(|| format!("{} was not applied", file.display()))?,
                 None => {
@@ -418,6 +422,11 @@ async fn service(
                     vec![service]
                 }
             };
+            for service in &mut services {
+                if service.cluster_id == 0 {
+                    service.cluster_id = u32::from(apply.cluster_id);
+                }
+            }
             let backend = connect(opts).await?;
             let entries = apply_services(backend.as_ref(), &services).await?;
             if json {

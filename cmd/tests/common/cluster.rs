@@ -73,7 +73,7 @@ pub fn eventually<T>(
     }
 }
 
-fn stop_by_pid(child: &mut Child) {
+pub fn stop_by_pid(child: &mut Child) {
     if let Ok(None) = child.try_wait() {
         let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
         let _ = kill(pid, Signal::SIGKILL);
@@ -102,17 +102,56 @@ pub struct Etcd {
     child: Option<Child>,
     dir: tempfile::TempDir,
     underlay: String,
+    /// The client URL (`http://IP:2379`).
+    client: String,
+    /// The peer URL; distinct per server when several share an underlay.
+    peer: String,
 }
 
 impl Etcd {
     fn start(underlay: &Netns) -> Etcd {
+        Etcd::start_with(
+            underlay,
+            etcd_endpoint(),
+            "http://127.0.0.1:2380".to_owned(),
+        )
+    }
+
+    /// An etcd serving clients on `ip`:2379 and peers on `ip`:2380, so that several servers
+    /// (one per cluster of a mesh) share one underlay; `ip` must be an address of the bridge.
+    pub fn start_on(underlay: &Netns, ip: Ipv4Addr) -> Etcd {
+        Etcd::start_with(
+            underlay,
+            format!("http://{ip}:2379"),
+            format!("http://{ip}:2380"),
+        )
+    }
+
+    fn start_with(underlay: &Netns, client: String, peer: String) -> Etcd {
         let mut etcd = Etcd {
             child: None,
             dir: tempfile::tempdir().expect("etcd temp dir"),
             underlay: underlay.name.clone(),
+            client,
+            peer,
         };
         etcd.launch();
         etcd
+    }
+
+    /// The client URL, as an etcd config file's `endpoints` entry.
+    pub fn endpoint(&self) -> &str {
+        &self.client
+    }
+
+    /// `etcdctl ARGS` against this server, in the underlay; `Err(stderr)` on failure.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
+        let out = etcdctl_output(&self.underlay, &self.client, args);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     fn log(&self) -> PathBuf {
@@ -131,14 +170,14 @@ impl Etcd {
             .append(true)
             .open(self.log())
             .expect("etcd log");
-        let client = etcd_endpoint();
-        let peer = "http://127.0.0.1:2380";
+        let client = self.client.as_str();
+        let peer = self.peer.as_str();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.underlay, "etcd", "--name", "default"])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
+            .args(["--listen-client-urls", client])
+            .args(["--advertise-client-urls", client])
             .args(["--listen-peer-urls", peer])
             .args(["--initial-advertise-peer-urls", peer])
             .args(["--initial-cluster", &format!("default={peer}")])
@@ -152,7 +191,7 @@ impl Etcd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let health = etcdctl_output(&self.underlay, &["endpoint", "health"]);
+            let health = etcdctl_output(&self.underlay, &self.client, &["endpoint", "health"]);
             if health.status.success() {
                 return;
             }
@@ -188,13 +227,13 @@ impl Drop for Etcd {
     }
 }
 
-fn etcdctl_output(underlay: &str, args: &[&str]) -> Output {
+fn etcdctl_output(underlay: &str, endpoint: &str, args: &[&str]) -> Output {
     Command::new("ip")
         .args(["netns", "exec", underlay, "etcdctl"])
         .env("ETCDCTL_API", "3")
         .args([
             "--endpoints",
-            &etcd_endpoint(),
+            endpoint,
             "--dial-timeout=1s",
             "--command-timeout=3s",
         ])
@@ -212,6 +251,40 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// Starts `cilium-operator-generic` for `cluster` in `underlay`, allocating pod CIDRs
+    /// (/24) from `pool`, with metrics on `metrics` (distinct per operator of a namespace) and
+    /// its output in `log`.
+    pub fn spawn(
+        underlay: &Netns,
+        cluster: &str,
+        kvstore_opt: &str,
+        pool: &str,
+        metrics: &str,
+        log: PathBuf,
+    ) -> Operator {
+        let log_file = File::create(&log).expect("operator log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &underlay.name])
+            .arg(env!("CARGO_BIN_EXE_cilium-operator-generic"))
+            .args(["--cluster-name", cluster])
+            .args(["--kvstore", "etcd", "--kvstore-opt", kvstore_opt])
+            .args(["--cluster-pool-ipv4-cidr", pool])
+            .args(["--cluster-pool-ipv4-mask-size", "24"])
+            .args(["--identity-gc-interval", IDENTITY_GC_INTERVAL])
+            .args(["--nodes-gc-interval", NODES_GC_INTERVAL])
+            .args(["--operator-prometheus-serve-addr", metrics])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log fd"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start cilium-operator-generic");
+        Operator {
+            child,
+            log,
+            killed: false,
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -353,27 +426,15 @@ impl Cluster {
         let log = self.dir.path().join(format!("operator-{number}.log"));
         // Operators share the underlay namespace, so each serves metrics on its own port.
         let metrics = format!("127.0.0.1:{}", 9962 + number);
-        let log_file = File::create(&log).expect("operator log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.underlay.name])
-            .arg(env!("CARGO_BIN_EXE_cilium-operator-generic"))
-            .args(["--cluster-name", &self.name])
-            .args(["--kvstore", "etcd", "--kvstore-opt", &self.kvstore_opt()])
-            .args(["--cluster-pool-ipv4-cidr", &self.pool])
-            .args(["--cluster-pool-ipv4-mask-size", "24"])
-            .args(["--identity-gc-interval", IDENTITY_GC_INTERVAL])
-            .args(["--nodes-gc-interval", NODES_GC_INTERVAL])
-            .args(["--operator-prometheus-serve-addr", &metrics])
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log fd"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start cilium-operator-generic");
-        self.operators.push(Operator {
-            child,
+        let operator = Operator::spawn(
+            &self.underlay,
+            &self.name,
+            &self.kvstore_opt(),
+            &self.pool,
+            &metrics,
             log,
-            killed: false,
-        });
+        );
+        self.operators.push(operator);
     }
 
     /// Plugs a new node `node-K` into the bridge and starts its agent; returns its index.
@@ -530,12 +591,7 @@ impl Cluster {
 
     /// `etcdctl ARGS` in the underlay; `Err(stderr)` on failure.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = etcdctl_output(&self.underlay.name, args);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        self.etcd.etcdctl(args)
     }
 
     /// Every key under `prefix` with its value (values must be single-line, as the JSON and
