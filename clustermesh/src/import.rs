@@ -541,10 +541,16 @@ fn entry_prefix(entry: &IpCacheEntry) -> Option<IpNet> {
 /// one `clustermesh` claim per prefix; when two remote clusters (or two keys of one) claim the
 /// same prefix, the first owner in `(cluster, key name)` order is effective, and removing it
 /// hands the prefix to the next one instead of deleting it.
+///
+/// Owners are a vector sorted by owner: almost every prefix has one, and a map per prefix cost
+/// a whole tree node (~2 kB) per imported entry.
 #[derive(Debug, Default)]
 pub(crate) struct IpcacheClaims {
-    by_prefix: BTreeMap<IpcacheKey, BTreeMap<(ClusterName, String), IpEntry>>,
+    by_prefix: BTreeMap<IpcacheKey, Vec<(Owner, IpEntry)>>,
 }
+
+/// A claim's owner: the remote cluster and the key name below its ipcache prefix.
+type Owner = (ClusterName, String);
 
 /// What to send to the ipcache after a claim changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -561,9 +567,12 @@ impl IpcacheClaims {
         entry: IpEntry,
     ) -> Option<IpcacheChange> {
         let owners = self.by_prefix.entry(prefix).or_default();
-        let before = owners.first_key_value().map(|(_, e)| e.clone());
-        owners.insert(owner, entry);
-        let after = owners.first_key_value().map(|(_, e)| e.clone());
+        let before = owners.first().map(|(_, e)| e.clone());
+        match owners.binary_search_by(|(o, _)| o.cmp(&owner)) {
+            Ok(i) => owners[i].1 = entry,
+            Err(i) => owners.insert(i, (owner, entry)),
+        }
+        let after = owners.first().map(|(_, e)| e.clone());
         match after {
             Some(entry) if before.as_ref() != Some(&entry) => {
                 Some(IpcacheChange::Upsert(prefix, entry))
@@ -578,9 +587,10 @@ impl IpcacheClaims {
         owner: &(ClusterName, String),
     ) -> Option<IpcacheChange> {
         let owners = self.by_prefix.get_mut(&prefix)?;
-        let before = owners.first_key_value().map(|(_, e)| e.clone());
-        owners.remove(owner)?;
-        match owners.first_key_value().map(|(_, e)| e.clone()) {
+        let before = owners.first().map(|(_, e)| e.clone());
+        let i = owners.binary_search_by(|(o, _)| o.cmp(owner)).ok()?;
+        owners.remove(i);
+        match owners.first().map(|(_, e)| e.clone()) {
             None => {
                 self.by_prefix.remove(&prefix);
                 Some(IpcacheChange::Delete(prefix))
