@@ -570,7 +570,11 @@ impl IpcacheClaims {
         let before = owners.first().map(|(_, e)| e.clone());
         match owners.binary_search_by(|(o, _)| o.cmp(&owner)) {
             Ok(i) => owners[i].1 = entry,
-            Err(i) => owners.insert(i, (owner, entry)),
+            Err(i) => {
+                // One owner is the rule: grow one slot at a time (a first insert reserves four).
+                owners.reserve_exact(1);
+                owners.insert(i, (owner, entry));
+            }
         }
         let after = owners.first().map(|(_, e)| e.clone());
         match after {

@@ -365,7 +365,10 @@ async fn services_apply_list_and_delete_as_cluster_services() {
         .unwrap();
     let global = ClusterService::decode(&kv.value).unwrap();
     assert!(global.include_external && global.shared);
-    assert_eq!(global.cluster_id, 7, "other clusters check the record's cluster id");
+    assert_eq!(
+        global.cluster_id, 7,
+        "other clusters check the record's cluster id"
+    );
     assert_eq!(
         global
             .labels

@@ -99,7 +99,11 @@ impl Claims {
     fn insert(&mut self, source: Source, entry: IpEntry) {
         match self.position(&source) {
             Ok(i) => self.0[i].1 = entry,
-            Err(i) => self.0.insert(i, (source, entry)),
+            Err(i) => {
+                // Grow one slot at a time: a first insert would otherwise reserve four.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (source, entry));
+            }
         }
     }
 
