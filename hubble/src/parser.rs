@@ -180,18 +180,35 @@ impl FlowParser {
             }
         );
         let destination_hint = (!to_proxy).then_some(event.destination_endpoint);
-        let source = self.resolve_endpoint(event.source_ip, event.source_identity, None);
-        let destination = self.resolve_endpoint(
-            event.destination_ip,
-            event.destination_identity,
-            destination_hint,
-        );
-        let (l4, summary) = layer4(event);
+        // A packet the datapath could not parse as IPv4 (an IPv6 router solicitation, an
+        // unknown ethertype) carries no addresses: such a flow has no IP or L4 layer, and its
+        // endpoints are the ones the datapath named, not the "world" of 0.0.0.0.
+        let has_l3 = !(event.source_ip.is_unspecified() && event.destination_ip.is_unspecified());
+        let (source, destination) = if has_l3 {
+            (
+                self.resolve_endpoint(event.source_ip, event.source_identity, None),
+                self.resolve_endpoint(
+                    event.destination_ip,
+                    event.destination_identity,
+                    destination_hint,
+                ),
+            )
+        } else {
+            (
+                self.endpoint_by_id(event.source_endpoint, event.source_identity),
+                self.endpoint_by_id(event.destination_endpoint, event.destination_identity),
+            )
+        };
+        let (l4, summary) = if has_l3 {
+            layer4(event)
+        } else {
+            (None, "Ethernet".to_owned())
+        };
 
         let mut flow = Flow {
             time: Some(self.timestamp(event.timestamp_ns)),
             uuid: self.next_uuid(),
-            ip: Some(Ip {
+            ip: has_l3.then(|| Ip {
                 source: event.source_ip.to_string(),
                 destination: event.destination_ip.to_string(),
                 ip_version: match event.source_ip {
@@ -282,6 +299,26 @@ impl FlowParser {
                 });
                 flow.policy_match_type = u32::from(policy_match_code(*match_type));
             }
+        }
+    }
+
+    /// A flow side known only by the endpoint id (and identity) the datapath reported; empty
+    /// when the datapath named none.
+    fn endpoint_by_id(&self, id: EndpointId, datapath_identity: NumericIdentity) -> Endpoint {
+        match self.enricher.endpoint(id).filter(|_| id.get() != 0) {
+            Some(ep) => Endpoint {
+                id: ep.id,
+                identity: prefer_datapath(datapath_identity, ep.identity),
+                cluster_name: self.cluster_name.clone(),
+                namespace: ep.namespace,
+                labels: sorted(ep.labels),
+                pod_name: ep.pod_name,
+                workloads: Vec::new(),
+            },
+            None => Endpoint {
+                identity: datapath_identity.get(),
+                ..Endpoint::default()
+            },
         }
     }
 

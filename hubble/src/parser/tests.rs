@@ -792,3 +792,25 @@ fn measured_boot_time_puts_a_fresh_event_at_now() {
     let seconds = u64::try_from(time.seconds).expect("positive");
     assert!(now.abs_diff(seconds) <= 2, "flow time {seconds}, now {now}");
 }
+
+#[test]
+fn a_packet_without_ipv4_has_no_ip_layer_and_names_the_endpoint_that_dropped_it() {
+    // DROP_UNKNOWN_L3 (139) of a pod's IPv6 router solicitation: no addresses were parsed.
+    let unspecified = v4(0, 0, 0, 0);
+    let mut ev = event(drop_kind(139), CLIENT_EP, unspecified, unspecified);
+    ev.source_identity = NumericIdentity::new(CLIENT_ID);
+    ev.protocol = Protocol::new(0);
+    ev.tcp_flags = None;
+    let flow = parser().parse(&ev);
+    assert_eq!(flow.ip, None, "no 0.0.0.0 -> 0.0.0.0 IPv4 flow");
+    assert_eq!(flow.l4, None);
+    assert_eq!(flow.summary, "Ethernet");
+    assert_eq!(flow.verdict(), Verdict::Dropped);
+    assert_eq!(flow.source, Some(local_client()));
+    assert_eq!(flow.traffic_direction(), TrafficDirection::Egress);
+    let destination = flow.destination.unwrap();
+    assert_eq!(
+        (destination.identity, destination.pod_name.as_str()),
+        (0, "")
+    );
+}
