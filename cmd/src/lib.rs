@@ -6,6 +6,7 @@
 //! - [`daemon`]: starts the actors and wires their recipients; usable over the fake datapath.
 //! - [`hubble_server`]: the embedded Hubble: datapath events to flows, served over gRPC.
 //! - [`kvstore_mode`]: the node record and the wait for an operator-allocated pod CIDR.
+//! - [`lab`]: `cilium lab`, a local multi-node, multi-cluster installation in namespaces.
 //! - [`server`]: the axum router over the unix socket (base `/v1`), errors as JSON.
 //! - [`metrics`]: the Prometheus text the agent serves, computed from the actors on scrape.
 //! - [`client`]: the HTTP-over-unix-socket client cilium-dbg and cilium-cni use.
@@ -20,5 +21,6 @@ pub mod cni;
 pub mod daemon;
 pub mod hubble_server;
 pub mod kvstore_mode;
+pub mod lab;
 pub mod metrics;
 pub mod server;

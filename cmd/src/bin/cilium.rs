@@ -1,10 +1,10 @@
 //! `cilium`: the cluster CLI. Without Kubernetes it writes the cluster's desired state to the
-//! kvstore, where every agent in kvstore mode watches it (DESIGN 4.5 ext): `policy` and
-//! `service` today; `lab`, `connectivity test` and `clustermesh status` join as further
-//! top-level subcommands.
+//! kvstore, where every agent in kvstore mode watches it (DESIGN 4.5 ext): `policy`, `service`
+//! and `clustermesh status`; `lab` builds a local lab of namespaces to try it all on.
+//! `connectivity test` joins as a further top-level subcommand.
 
 use std::io::Read as _;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use cilium_cmd::cluster_cli::policy::{
 use cilium_cmd::cluster_cli::service::{
     PROTOCOLS, apply_services, delete_service, list_services, parse_services, service_from_flags,
 };
+use cilium_cmd::lab;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::Table;
 use comfy_table::presets::NOTHING;
@@ -84,6 +85,106 @@ enum Command {
     Clustermesh {
         #[command(subcommand)]
         command: ClustermeshCommand,
+    },
+    /// A local lab: clusters of nodes in network namespaces, with etcd, the operator,
+    /// ClusterMesh, Hubble and an external echo server; pods through cilium-cni.
+    Lab {
+        /// The lab's directory: its state, logs and node directories.
+        #[arg(long, global = true, env = "CILIUM_LAB_DIR", default_value = lab::DEFAULT_DIR)]
+        dir: PathBuf,
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LabKvstore {
+    Etcd,
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LabRouting {
+    Native,
+    Tunnel,
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Create the lab and wait until every agent has its pod CIDR.
+    Up {
+        /// How many clusters (1-9); with more than one, every agent joins the others' etcd.
+        #[arg(long, default_value_t = 1)]
+        clusters: u8,
+        /// Nodes per cluster (1-9); default 2, or 1 with --kvstore memory.
+        #[arg(long)]
+        nodes: Option<u8>,
+        /// etcd: one etcd, operator and clustermesh-apiserver per cluster; memory: one node, no
+        /// etcd.
+        #[arg(long, value_enum, default_value = "etcd")]
+        kvstore: LabKvstore,
+        /// How pods on different nodes reach each other.
+        #[arg(long = "routing-mode", value_enum, default_value = "native")]
+        routing: LabRouting,
+        /// The prefix of the lab's namespaces; give each lab on a machine its own.
+        #[arg(long, default_value = lab::DEFAULT_NAME)]
+        name: String,
+    },
+    /// Whether every component runs and every agent is healthy; exits 1 when not.
+    Status,
+    /// Stop every process and remove every namespace and mount of the lab (idempotent).
+    Down,
+    /// Pods made through cilium-cni, as a container runtime makes them.
+    Pod {
+        #[command(subcommand)]
+        command: PodCommand,
+    },
+    /// Serve TCP echo (and a short HTTP answer) on ADDR until killed.
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Connect to an echo server, send a probe and check the echo; exits 1 on failure.
+    EchoClient {
+        #[arg(long)]
+        connect: SocketAddr,
+        /// How long to wait for the connection and for the echo.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PodCommand {
+    /// Create a pod: a network namespace with an endpoint from the node's agent.
+    Create {
+        name: String,
+        /// The node (`c1-n1`, ...).
+        #[arg(long)]
+        node: String,
+        /// The pod's Kubernetes namespace.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// A pod label KEY=VALUE; repeatable.
+        #[arg(short = 'l', long = "label")]
+        labels: Vec<String>,
+    },
+    /// Delete a pod (CNI DEL, then its namespace).
+    Delete {
+        name: String,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// List the pods: namespace, name, node, IP and security identity.
+    List,
+    /// Run a command inside a pod's network namespace: `pod exec NAME -- CMD ARGS...`.
+    Exec {
+        name: String,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
 }
 
@@ -220,6 +321,171 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     wait_duration,
                 },
         } => clustermesh_status(&agent_sockets, wait, wait_duration, json).await,
+        Command::Lab { dir, command } => lab_command(&dir, command, json),
+    }
+}
+
+/// Where the other Cilium binaries are: next to this one.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the cilium binary's path")?;
+    exe.parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))
+}
+
+fn lab_command(dir: &Path, command: LabCommand, json: bool) -> anyhow::Result<()> {
+    // Progress must never abort a step half-way, not even when stderr is a closed pipe.
+    let mut progress = |step: &str| {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "{step}");
+    };
+    match command {
+        LabCommand::Up {
+            clusters,
+            nodes,
+            kvstore,
+            routing,
+            name,
+        } => {
+            let kvstore = match kvstore {
+                LabKvstore::Etcd => lab::KvstoreKind::Etcd,
+                LabKvstore::Memory => lab::KvstoreKind::Memory,
+            };
+            let options = lab::LabOptions {
+                dir: dir.to_owned(),
+                name,
+                clusters,
+                nodes: nodes.unwrap_or(if kvstore == lab::KvstoreKind::Memory {
+                    1
+                } else {
+                    2
+                }),
+                kvstore,
+                routing: match routing {
+                    LabRouting::Native => lab::RoutingMode::Native,
+                    LabRouting::Tunnel => lab::RoutingMode::Tunnel,
+                },
+                bin_dir: bin_dir()?,
+            };
+            let started = std::time::Instant::now();
+            match lab::up(&options, &mut progress) {
+                Ok(state) => {
+                    eprintln!("lab {} is up in {:.1?}\n", state.name, started.elapsed());
+                    let status = lab::status(&state.dir)?;
+                    print!("{}", lab::status::render(&status));
+                    println!(
+                        "\nNext: cilium lab pod create NAME --node {} --label app=demo --dir {}",
+                        state.nodes().next().map_or("c1-n1", |n| n.name.as_str()),
+                        state.dir.display()
+                    );
+                    Ok(())
+                }
+                Err(err) => Err(anyhow!(err).context(format!(
+                    "lab up failed; what was created stays recorded in {}: inspect it, then \
+                     remove it with `cilium lab down --dir {}`",
+                    dir.display(),
+                    dir.display()
+                ))),
+            }
+        }
+        LabCommand::Status => {
+            let status = lab::status(dir)?;
+            if json {
+                print_json(&status)?;
+            } else {
+                print!("{}", lab::status::render(&status));
+            }
+            if !status.healthy {
+                bail!("the lab is not healthy: see the components and logs above");
+            }
+            Ok(())
+        }
+        LabCommand::Down => {
+            lab::down(dir, &mut progress)?;
+            Ok(())
+        }
+        LabCommand::Pod { command } => lab_pod(dir, command, json),
+        LabCommand::EchoServer { listen } => {
+            println!("echo server listening on {listen}");
+            lab::echo::serve(listen)?;
+            Ok(())
+        }
+        LabCommand::EchoClient { connect, timeout } => {
+            let took = lab::echo::probe(connect, timeout)?;
+            println!("echo from {connect} in {took:.1?}");
+            Ok(())
+        }
+    }
+}
+
+fn lab_pod(dir: &Path, command: PodCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        PodCommand::Create {
+            name,
+            node,
+            namespace,
+            labels,
+        } => {
+            let spec = lab::PodSpec {
+                name,
+                namespace,
+                node,
+                labels: lab::pod::parse_labels(&labels)?,
+            };
+            let pod = lab::create_pod(dir, &spec)?;
+            if json {
+                print_json(&pod)?;
+            } else {
+                println!(
+                    "pod {}/{} on {}: {}, identity {}",
+                    pod.namespace,
+                    pod.name,
+                    pod.node,
+                    pod.ip.map_or("-".to_owned(), |ip| ip.to_string()),
+                    pod.identity.map_or("-".to_owned(), |id| id.to_string())
+                );
+            }
+            Ok(())
+        }
+        PodCommand::Delete { name, namespace } => {
+            lab::delete_pod(dir, &name, namespace.as_deref())?;
+            Ok(())
+        }
+        PodCommand::List => {
+            let pods = lab::list_pods(dir)?;
+            if json {
+                return print_json(&pods);
+            }
+            let mut table = Table::new();
+            table.load_style(NOTHING);
+            table.set_header(["NAMESPACE", "NAME", "NODE", "IP", "IDENTITY", "LABELS"]);
+            for pod in pods {
+                let labels: Vec<String> =
+                    pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                table.add_row([
+                    pod.namespace,
+                    pod.name,
+                    pod.node,
+                    pod.ip.map_or("-".to_owned(), |ip| ip.to_string()),
+                    pod.identity.map_or("-".to_owned(), |id| id.to_string()),
+                    labels.join(","),
+                ]);
+            }
+            println!("{table}");
+            Ok(())
+        }
+        PodCommand::Exec {
+            name,
+            namespace,
+            command,
+        } => {
+            use std::os::unix::process::CommandExt as _;
+            let mut exec = lab::pod_exec_command(dir, &name, namespace.as_deref(), &command)?;
+            // Replaces this process, so the command's PID, exit status and signals are the
+            // caller's to handle.
+            let err = exec.exec();
+            Err(anyhow!(err).context(format!("cannot run {command:?} in pod {name}")))
+        }
     }
 }
 
