@@ -134,6 +134,9 @@ enum LabCommand {
     Status,
     /// Stop every process and remove every namespace and mount of the lab (idempotent).
     Down,
+    /// The Star Wars demo on cluster 1: deathstar service with two backends, tiefighter,
+    /// xwing and upstream's L3/L4 policy rule1; checks that only the empire lands.
+    Demo,
     /// Pods made through cilium-cni, as a container runtime makes them.
     Pod {
         #[command(subcommand)]
@@ -402,6 +405,30 @@ fn lab_command(dir: &Path, command: LabCommand, json: bool) -> anyhow::Result<()
         }
         LabCommand::Down => {
             lab::down(dir, &mut progress)?;
+            Ok(())
+        }
+        LabCommand::Demo => {
+            let report = lab::demo(dir, &mut progress)?;
+            if json {
+                return print_json(&report);
+            }
+            if report.already_there {
+                println!("The demo was already there; it still works.");
+            } else {
+                println!("The demo is up.");
+            }
+            println!(
+                "tiefighter -> {} {}: {}\nxwing -> {} {}: {}\n\nTry next:",
+                report.service,
+                report.frontend,
+                report.tiefighter,
+                report.service,
+                report.frontend,
+                report.xwing
+            );
+            for step in &report.next_steps {
+                println!("  {step}");
+            }
             Ok(())
         }
         LabCommand::Pod { command } => lab_pod(dir, command, json),

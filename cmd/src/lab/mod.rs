@@ -22,8 +22,10 @@
 //! - [`sys`]: the system calls of the lab: `ip`, mounts, detached processes, signals.
 //! - [`up`] / [`down`] / [`status`]: bringing the lab up, tearing it down, reporting on it.
 //! - [`pod`]: pods through `cilium-cni`, as a container runtime makes them.
+//! - [`demo`]: the Star Wars demo (`cilium lab demo`) with upstream's L3/L4 policy.
 //! - [`echo`]: the TCP echo server and client the lab uses as its world and its probes.
 
+pub mod demo;
 pub mod down;
 pub mod echo;
 pub mod pod;
@@ -36,6 +38,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use demo::{DemoError, DemoReport, demo};
 pub use down::down;
 pub use pod::{PodInfo, PodSpec, create_pod, delete_pod, list_pods, pod_exec_command};
 pub use state::{KvstoreKind, LabState, RoutingMode};
