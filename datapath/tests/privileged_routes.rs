@@ -110,7 +110,16 @@ struct Cluster {
 
 fn cluster() -> Cluster {
     let underlay = Netns::add("rtu");
-    underlay.exec(&["link", "add", "br0", "type", "bridge"]);
+    // A fixed MAC: a bridge otherwise changes its MAC as ports join.
+    underlay.exec(&[
+        "link",
+        "add",
+        "br0",
+        "address",
+        "02:00:00:00:00:fe",
+        "type",
+        "bridge",
+    ]);
     underlay.exec(&["link", "set", "br0", "up"]);
     let node = |n: u8| {
         let ns = Netns::add("rtn");

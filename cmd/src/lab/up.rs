@@ -68,6 +68,8 @@ pub fn pod_pool(id: u8) -> String {
 
 /// The range of the single node of a lab without etcd.
 const MEMORY_RANGE: &str = "10.1.1.0/24";
+/// The underlay bridge's MAC (locally administered), fixed so that it never changes as ports join.
+const UNDERLAY_MAC: &str = "02:00:00:00:00:fe";
 
 /// Names of namespaces, pods and labs: lower-case letters, digits and `-`, as Kubernetes
 /// names, short enough to prefix a namespace name.
@@ -273,7 +275,21 @@ fn create_underlay(state: &mut LabState) -> Result<(), LabError> {
     let underlay = state.underlay.clone();
     sys::add_netns(state, &underlay)?;
     sys::sysctl_in(&underlay, "net.ipv4.ip_forward", "1")?;
-    sys::ip_in(&underlay, &["link", "add", "br0", "type", "bridge"])?;
+    // A fixed MAC: a bridge otherwise takes the lowest MAC of its ports and changes it as
+    // nodes join, leaving nodes with neighbour entries that point nowhere (seen as an agent
+    // whose etcd connection stalled for good during `lab up`).
+    sys::ip_in(
+        &underlay,
+        &[
+            "link",
+            "add",
+            "br0",
+            "address",
+            UNDERLAY_MAC,
+            "type",
+            "bridge",
+        ],
+    )?;
     sys::ip_in(
         &underlay,
         &["addr", "add", &format!("{BRIDGE_IP}/24"), "dev", "br0"],

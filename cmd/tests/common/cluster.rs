@@ -378,7 +378,17 @@ impl Cluster {
     /// cluster starts (now and on [`Cluster::start_agent`] / [`Cluster::add_node`]).
     pub fn start_with_agent_args(options: &ClusterOptions, agent_args: AgentArgs) -> Cluster {
         let underlay = Netns::add("cu");
-        underlay.ip(&["link", "add", "br0", "type", "bridge"]);
+        // A fixed MAC: a bridge otherwise takes the lowest MAC of its ports and changes it as
+        // nodes join, leaving stale neighbour entries (etcd unreachable) on earlier nodes.
+        underlay.ip(&[
+            "link",
+            "add",
+            "br0",
+            "address",
+            "02:00:00:00:00:fe",
+            "type",
+            "bridge",
+        ]);
         underlay.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
         underlay.ip(&["link", "set", "br0", "up"]);
         let dir = tempfile::tempdir().expect("cluster temp dir");

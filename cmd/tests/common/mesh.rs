@@ -221,7 +221,16 @@ impl Mesh {
     /// node has its pod CIDR.
     pub fn start(specs: &[ClusterSpec]) -> Mesh {
         let underlay = Netns::add("mu");
-        underlay.ip(&["link", "add", "br0", "type", "bridge"]);
+        // A fixed MAC: a bridge otherwise changes its MAC as ports join (see cluster.rs).
+        underlay.ip(&[
+            "link",
+            "add",
+            "br0",
+            "address",
+            "02:00:00:00:00:fe",
+            "type",
+            "bridge",
+        ]);
         underlay.ip(&["addr", "add", &format!("{BRIDGE_IP}/24"), "dev", "br0"]);
         for spec in specs {
             underlay.ip(&[
