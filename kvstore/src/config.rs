@@ -130,6 +130,23 @@ impl EtcdConfig {
         Ok(config)
     }
 
+    /// Builds the configuration from `--kvstore-opt` flag values as every binary takes them
+    /// (`etcd.config=FILE`, repeatable); a value that is not `KEY=VALUE` is an error naming it.
+    pub fn from_kvstore_opt_flags(opts: &[String]) -> Result<EtcdConfig, Error> {
+        let pairs = opts
+            .iter()
+            .map(|opt| {
+                opt.split_once('=').ok_or_else(|| {
+                    config_error(
+                        Path::new(OPTS_ORIGIN),
+                        format!("{opt:?} is not KEY=VALUE (etcd.config=FILE)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        EtcdConfig::from_kvstore_opts(pairs)
+    }
+
     /// Builds the configuration from upstream's `--kvstore-opt` map: `etcd.config` (a file, see
     /// [`EtcdConfig::from_file`]) and/or `etcd.address` (used when the file names no endpoints),
     /// plus `etcd.keepaliveHeartbeat` and `etcd.keepaliveTimeout` as Go durations (`15s`, `1m`).
@@ -586,6 +603,19 @@ mod tests {
         );
         assert_eq!(config.keepalive_heartbeat, Duration::from_secs(5));
         assert_eq!(config.keepalive_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn kvstore_opt_flags_are_key_value_pairs() {
+        let config = EtcdConfig::from_kvstore_opt_flags(&[
+            "etcd.address=http://127.0.0.1:4001".to_owned(),
+            "etcd.keepaliveHeartbeat=5s".to_owned(),
+        ])
+        .unwrap();
+        assert_eq!(config.endpoints, vec!["http://127.0.0.1:4001"]);
+        assert_eq!(config.keepalive_heartbeat, Duration::from_secs(5));
+        let err = EtcdConfig::from_kvstore_opt_flags(&["etcd.config".to_owned()]).unwrap_err();
+        assert!(err.to_string().contains("not KEY=VALUE"), "{err}");
     }
 
     #[test]

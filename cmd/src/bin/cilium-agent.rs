@@ -162,16 +162,6 @@ fn ensure_bpffs(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn kvstore_opts(opts: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    opts.iter()
-        .map(|opt| {
-            opt.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .ok_or_else(|| anyhow!("--kvstore-opt {opt:?} is not KEY=VALUE (etcd.config=FILE)"))
-        })
-        .collect()
-}
-
 /// What kvstore mode gives the rest of the start: the identity backend, the health answer,
 /// the store and the agent's lease.
 struct Kvstore {
@@ -188,7 +178,7 @@ async fn connect_kvstore(
     node_ip: Ipv4Addr,
     cluster_id: ClusterId,
 ) -> anyhow::Result<Kvstore> {
-    let config = EtcdConfig::from_kvstore_opts(kvstore_opts(&flags.kvstore_opt)?)
+    let config = EtcdConfig::from_kvstore_opt_flags(&flags.kvstore_opt)
         .context("invalid --kvstore-opt: pass etcd.config=FILE with an endpoints list")?;
     let endpoints = config.endpoints.clone();
     tracing::info!(?endpoints, "connecting to etcd");

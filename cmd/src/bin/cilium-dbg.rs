@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use cilium_cmd::api::{self, BackendAddress, L4Address, PolicyDeleteRequest, ServiceSpec};
 use cilium_cmd::client::{AgentClient, DEFAULT_SOCKET, socket_from_host};
 use cilium_cmd::server::METRICS_MAP;
@@ -660,14 +660,7 @@ async fn kvstore_get(
     if opts.is_empty() {
         bail!("pass the agent's --kvstore-opt etcd.config=FILE so cilium-dbg can reach etcd");
     }
-    let pairs = opts
-        .iter()
-        .map(|opt| {
-            opt.split_once('=')
-                .ok_or_else(|| anyhow!("--kvstore-opt {opt:?} is not KEY=VALUE"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let config = EtcdConfig::from_kvstore_opts(pairs).context("invalid --kvstore-opt")?;
+    let config = EtcdConfig::from_kvstore_opt_flags(&opts).context("invalid --kvstore-opt")?;
     let backend: Arc<dyn Backend> = Arc::new(
         EtcdBackend::connect(&config)
             .await

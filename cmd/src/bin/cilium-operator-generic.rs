@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -98,17 +98,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// `--kvstore-opt` values as the key/value pairs [`EtcdConfig::from_kvstore_opts`] takes.
-fn kvstore_opts(opts: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    opts.iter()
-        .map(|opt| {
-            opt.split_once('=')
-                .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                .ok_or_else(|| anyhow!("--kvstore-opt {opt:?} is not KEY=VALUE (etcd.config=FILE)"))
-        })
-        .collect()
-}
-
 fn operator_config(flags: &Flags) -> anyhow::Result<OperatorConfig> {
     let cluster_name = ClusterName::new(flags.cluster_name.clone())
         .with_context(|| format!("invalid --cluster-name {:?}", flags.cluster_name))?;
@@ -139,7 +128,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .validate()
         .context("invalid operator configuration")?;
     let metrics_listener = bind_metrics(&flags.operator_prometheus_serve_addr).await?;
-    let etcd_config = EtcdConfig::from_kvstore_opts(kvstore_opts(&flags.kvstore_opt)?)
+    let etcd_config = EtcdConfig::from_kvstore_opt_flags(&flags.kvstore_opt)
         .context("invalid --kvstore-opt: pass etcd.config=FILE with an endpoints list")?;
     let endpoints = etcd_config.endpoints.clone();
     let etcd = EtcdBackend::connect(&etcd_config).await.with_context(|| {
@@ -306,7 +295,7 @@ mod tests {
             Flags::try_parse_from(["cilium-operator-generic", "--cluster-name", "Bad_Name"])
                 .unwrap();
         assert!(operator_config(&flags).is_err());
-        assert!(kvstore_opts(&["etcd.config".to_owned()]).is_err());
+        assert!(EtcdConfig::from_kvstore_opt_flags(&["etcd.config".to_owned()]).is_err());
     }
 
     #[tokio::test]

@@ -564,14 +564,7 @@ async fn connect(opts: &[String]) -> anyhow::Result<Arc<dyn Backend>> {
              or set CILIUM_KVSTORE_OPT"
         );
     }
-    let pairs = opts
-        .iter()
-        .map(|opt| {
-            opt.split_once('=')
-                .ok_or_else(|| anyhow!("--kvstore-opt {opt:?} is not KEY=VALUE (etcd.config=FILE)"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let config = EtcdConfig::from_kvstore_opts(pairs).context("invalid --kvstore-opt")?;
+    let config = EtcdConfig::from_kvstore_opt_flags(opts).context("invalid --kvstore-opt")?;
     let backend = EtcdBackend::connect(&config)
         .await
         .with_context(|| format!("cannot connect to etcd at {:?}", config.endpoints))?;

@@ -94,17 +94,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// `--kvstore-opt` values as the key/value pairs [`EtcdConfig::from_kvstore_opts`] takes.
-fn kvstore_opts(opts: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    opts.iter()
-        .map(|opt| {
-            opt.split_once('=')
-                .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                .ok_or_else(|| anyhow!("--kvstore-opt {opt:?} is not KEY=VALUE (etcd.config=FILE)"))
-        })
-        .collect()
-}
-
 /// What the flags ask for, validated.
 #[derive(Debug)]
 struct Settings {
@@ -159,7 +148,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         );
     }
     let settings = settings(&flags)?;
-    let etcd_config = EtcdConfig::from_kvstore_opts(kvstore_opts(&flags.kvstore_opt)?)
+    let etcd_config = EtcdConfig::from_kvstore_opt_flags(&flags.kvstore_opt)
         .context("invalid --kvstore-opt: pass etcd.config=FILE with an endpoints list")?;
     let endpoints = etcd_config.endpoints.clone();
     let etcd = EtcdBackend::connect(&etcd_config).await.with_context(|| {
@@ -313,6 +302,6 @@ mod tests {
         assert_eq!(mesh.config_dir, PathBuf::from("/etc/clustermesh"));
         assert_eq!(mesh.local_cluster_id, ClusterId::new(1));
         assert_eq!(mesh.drain_grace_period, Duration::from_secs(10));
-        assert!(kvstore_opts(&["etcd.config".to_owned()]).is_err());
+        assert!(EtcdConfig::from_kvstore_opt_flags(&["etcd.config".to_owned()]).is_err());
     }
 }
