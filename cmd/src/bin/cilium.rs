@@ -1,7 +1,7 @@
 //! `cilium`: the cluster CLI. Without Kubernetes it writes the cluster's desired state to the
 //! kvstore, where every agent in kvstore mode watches it (DESIGN 4.5 ext): `policy`, `service`
 //! and `clustermesh status`; `lab` builds a local lab of namespaces to try it all on.
-//! `connectivity test` joins as a further top-level subcommand.
+//! `connectivity test` runs upstream's connectivity scenarios against a lab.
 
 use std::io::Read as _;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -94,6 +94,25 @@ enum Command {
         dir: PathBuf,
         #[command(subcommand)]
         command: LabCommand,
+    },
+    /// Check connectivity and policy enforcement on a lab with upstream's scenarios.
+    Connectivity {
+        /// The lab's directory, as `cilium lab --dir`.
+        #[arg(long, global = true, env = "CILIUM_LAB_DIR", default_value = lab::DEFAULT_DIR)]
+        dir: PathBuf,
+        #[command(subcommand)]
+        command: ConnectivityCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectivityCommand {
+    /// Deploy a test workload in namespace cilium-test on cluster 1, run each scenario (its
+    /// policy applied and realized, then its probes), clean up; exits 1 if any scenario fails.
+    Test {
+        /// Run only the scenarios whose name matches this regular expression.
+        #[arg(long)]
+        test: Option<String>,
     },
 }
 
@@ -325,7 +344,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => clustermesh_status(&agent_sockets, wait, wait_duration, json).await,
         Command::Lab { dir, command } => lab_command(&dir, command, json),
+        Command::Connectivity {
+            dir,
+            command: ConnectivityCommand::Test { test },
+        } => connectivity_test(&dir, test.as_deref(), json),
     }
+}
+
+fn connectivity_test(dir: &Path, test: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let filter = test
+        .map(regex::Regex::new)
+        .transpose()
+        .context("--test is not a valid regular expression")?;
+    let report = lab::connectivity::run(
+        dir,
+        filter.as_ref(),
+        &mut |step: &str| eprintln!("{step}"),
+        &mut |scenario: &lab::connectivity::ScenarioReport| {
+            if !json {
+                println!("{}", scenario.line());
+            }
+        },
+    )?;
+    if json {
+        print_json(&report)?;
+    } else {
+        println!("{}", report.summary());
+    }
+    if !report.success() {
+        bail!(
+            "{} of {} scenarios failed: see their failed probes and flows (`hubble observe` \
+             in the lab shows more)",
+            report.failed,
+            report.scenarios.len()
+        );
+    }
+    Ok(())
 }
 
 /// Where the other Cilium binaries are: next to this one.

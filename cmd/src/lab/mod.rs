@@ -22,9 +22,11 @@
 //! - [`sys`]: the system calls of the lab: `ip`, mounts, detached processes, signals.
 //! - [`up`] / [`down`] / [`status`]: bringing the lab up, tearing it down, reporting on it.
 //! - [`pod`]: pods through `cilium-cni`, as a container runtime makes them.
+//! - [`connectivity`]: `cilium connectivity test`, upstream's scenarios against cluster 1.
 //! - [`demo`]: the Star Wars demo (`cilium lab demo`) with upstream's L3/L4 policy.
 //! - [`echo`]: the TCP echo server and client the lab uses as its world and its probes.
 
+pub mod connectivity;
 pub mod demo;
 pub mod down;
 pub mod echo;
