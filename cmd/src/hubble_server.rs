@@ -462,12 +462,13 @@ async fn sync_state(
 ) {
     let mut tick = tokio::time::interval(SYNC_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ipcache_seen = None;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
         }
-        if let Err(actor) = sync_enrichment(&handles, &cache).await {
+        if let Err(actor) = sync_enrichment(&handles, &cache, &mut ipcache_seen).await {
             tracing::warn!(
                 actor,
                 "cannot refresh Hubble's enrichment: the actor is gone"
@@ -488,10 +489,13 @@ async fn sync_state(
     }
 }
 
-/// Copies endpoints, ipcache host entries and identity labels into the cache.
+/// Copies endpoints, ipcache host entries and identity labels into the cache. The ipcache
+/// (100k entries and more with ClusterMesh) is copied only when its generation moved since
+/// `ipcache_seen`.
 async fn sync_enrichment(
     handles: &AgentHandles,
     cache: &EnrichmentCache,
+    ipcache_seen: &mut Option<u64>,
 ) -> Result<(), &'static str> {
     if let Some(manager) = &handles.endpoints {
         let endpoints = manager
@@ -507,6 +511,31 @@ async fn sync_enrichment(
             ips: vec![IpAddr::V4(ep.ip)],
         }));
     }
+    let generation = handles
+        .ipcache
+        .send(actors::ipcache::Generation)
+        .await
+        .map_err(|_| "ipcache")?;
+    if *ipcache_seen != Some(generation) {
+        sync_ipcache(handles, cache).await?;
+        *ipcache_seen = Some(generation);
+    }
+    let identities = handles
+        .identity
+        .send(ListIdentities)
+        .await
+        .map_err(|_| "identity allocator")?;
+    cache.replace_identities(identities.into_iter().map(|info| {
+        (
+            info.id,
+            info.labels.iter().map(ToString::to_string).collect(),
+        )
+    }));
+    Ok(())
+}
+
+/// Copies the ipcache's host entries into the cache.
+async fn sync_ipcache(handles: &AgentHandles, cache: &EnrichmentCache) -> Result<(), &'static str> {
     let ipcache = handles
         .ipcache
         .send(actors::ipcache::Dump)
@@ -532,17 +561,6 @@ async fn sync_enrichment(
                 },
             )
         })
-    }));
-    let identities = handles
-        .identity
-        .send(ListIdentities)
-        .await
-        .map_err(|_| "identity allocator")?;
-    cache.replace_identities(identities.into_iter().map(|info| {
-        (
-            info.id,
-            info.labels.iter().map(ToString::to_string).collect(),
-        )
     }));
     Ok(())
 }

@@ -14,8 +14,8 @@ use kvstore::keys::{IpCacheEntry, TypedEvent};
 use model::identity::ClusterId;
 
 use super::messages::{
-    DeleteIp, Dump, IpCacheDump, KvstoreLeaseChanged, KvstoreSyncDump, LookupIp, LookupResult,
-    UpsertIp,
+    DeleteIp, Dump, Generation, IpCacheDump, KvstoreLeaseChanged, KvstoreSyncDump, LookupIp,
+    LookupResult, UpsertIp,
 };
 use super::source::Source;
 use super::state::{
@@ -235,6 +235,14 @@ impl Handler<KvstoreLeaseChanged> for IpCacheActor {
             sync.queue.queue(entry.prefix_string(), Some(entry));
         }
         self.flush(ctx);
+    }
+}
+
+impl Handler<Generation> for IpCacheActor {
+    type Result = u64;
+
+    fn handle(&mut self, _: Generation, _: &mut Context<Self>) -> u64 {
+        self.state.generation()
     }
 }
 

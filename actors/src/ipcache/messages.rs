@@ -43,6 +43,12 @@ pub struct KvstoreLeaseChanged {
     pub lease: LeaseId,
 }
 
+/// Asks how many changes the claims have seen ([`super::IpCacheState::generation`]): a
+/// cheap test of whether a [`Dump`] would differ from the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "u64")]
+pub struct Generation;
+
 /// Asks for every prefix with its effective claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "IpCacheDump")]

@@ -9,7 +9,7 @@
 //! overrides a higher one, and takes over when the higher one is deleted.
 //!
 //! **Takes** ([`messages`]): [`UpsertIp`], [`DeleteIp`], [`LookupIp`] (longest prefix match),
-//! [`KvstoreLeaseChanged`], [`Dump`]. **Sends** [`datapath::reconciler::UpsertIpcache`] and
+//! [`KvstoreLeaseChanged`], [`Generation`], [`Dump`]. **Sends** [`datapath::reconciler::UpsertIpcache`] and
 //! [`datapath::reconciler::DeleteIpcache`] to the Datapath actor, only when the datapath form
 //! of a prefix's effective entry changes. With kvstore sync ([`sync`]) it also publishes this
 //! node's `local` claims under `cilium/state/ip/v1/default/<prefix>` with the agent's lease,
@@ -31,8 +31,8 @@ pub mod sync;
 
 pub use actor::{IpCacheActor, IpCacheConfig, IpCacheOutputs};
 pub use messages::{
-    DeleteIp, Dump, DumpEntry, Effective, IpCacheDump, KvstoreLeaseChanged, KvstoreSyncDump,
-    LookupIp, LookupResult, UpsertIp,
+    DeleteIp, Dump, DumpEntry, Effective, Generation, IpCacheDump, KvstoreLeaseChanged,
+    KvstoreSyncDump, LookupIp, LookupResult, UpsertIp,
 };
 pub use source::Source;
 pub use state::{Effect, IpCacheSettings, IpCacheState, IpEntry, K8sMetadata};

@@ -133,6 +133,9 @@ impl Claims {
 pub struct IpCacheState {
     settings: IpCacheSettings,
     claims: BTreeMap<IpcacheKey, Claims>,
+    /// Bumped by every change of a claim, so readers of a full copy (Hubble's enrichment)
+    /// copy again only after something changed.
+    generation: u64,
 }
 
 impl IpCacheState {
@@ -140,7 +143,13 @@ impl IpCacheState {
         IpCacheState {
             settings,
             claims: BTreeMap::new(),
+            generation: 0,
         }
+    }
+
+    /// Changes so far; equal numbers mean equal claims.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Records `source`'s claim on `key`. A claim of lower precedence than an existing one is
@@ -168,6 +177,9 @@ impl IpCacheState {
             }
         }
         let claims = self.claims.entry(key).or_default();
+        if claims.get(&source) != Some(&entry) {
+            self.generation += 1;
+        }
         claims.insert(source, entry);
         let effective = match claims.keys().next() {
             Some(top) if *top != source => Effective::ShadowedBy(*top),
@@ -187,6 +199,7 @@ impl IpCacheState {
         if claims.remove(&source).is_none() {
             return Vec::new();
         }
+        self.generation += 1;
         if claims.is_empty() {
             self.claims.remove(&key);
         }
@@ -433,6 +446,30 @@ mod tests {
             panic!("{effects:?}");
         };
         assert_eq!(info.tunnel_endpoint, Some("192.168.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_generation_moves_with_every_change_and_only_then() {
+        let mut state = IpCacheState::new(IpCacheSettings::default());
+        let k = key("10.0.0.9/32");
+        let g0 = state.generation();
+        state.upsert(k, Source::KvStore, IpEntry::identity(id(300)));
+        let g1 = state.generation();
+        assert!(g1 > g0);
+        state.upsert(k, Source::KvStore, IpEntry::identity(id(300)));
+        assert_eq!(
+            state.generation(),
+            g1,
+            "the same claim again changes nothing"
+        );
+        state.delete(k, Source::Local);
+        assert_eq!(
+            state.generation(),
+            g1,
+            "deleting a claim that does not exist"
+        );
+        state.delete(k, Source::KvStore);
+        assert!(state.generation() > g1);
     }
 
     #[test]
