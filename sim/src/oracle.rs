@@ -11,7 +11,9 @@
 //! - every local pod's policy map holds exactly the keys its policies call for (see
 //!   [`expected_policy_keys`]), and no deny entry;
 //! - the kvstore policy watcher has applied exactly the policies in the kvstore;
-//! - the lb4 maps hold exactly the cluster's services, each with its backends.
+//! - the lb4 maps hold exactly the cluster's services, each with its backends; with a mesh,
+//!   a global service also with the backends every other visible cluster shares under its
+//!   name ([`effective_services`]).
 //!
 //! Checked across the nodes of a cluster:
 //! - pods with the same labels have one identity, pods with different labels different ones,
@@ -71,6 +73,11 @@ pub struct PolicySpec {
 pub struct ServiceSpec {
     pub frontend: SocketAddrV4,
     pub backends: BTreeSet<SocketAddrV4>,
+    /// Global (`includeExternal`): with a mesh, also balances to the backends of the service
+    /// of the same name of every other cluster that shares it.
+    pub global: bool,
+    /// Shared with the other clusters of the mesh.
+    pub shared: bool,
 }
 
 /// The global desired state.
@@ -80,7 +87,7 @@ pub struct Desired {
     pub pods: BTreeMap<String, PodRecord>,
     /// Per cluster: the policies in the kvstore by key name (`<namespace>/<name>`).
     pub policies: Vec<BTreeMap<String, PolicySpec>>,
-    /// Per cluster: the services in the kvstore by name (not shared with the mesh).
+    /// Per cluster: the services in the kvstore by name.
     pub services: Vec<BTreeMap<String, ServiceSpec>>,
     /// Clusters import each other's pods and nodes (ClusterMesh).
     pub mesh: bool,
@@ -209,8 +216,9 @@ pub async fn check(
             .collect();
         let no_policies = BTreeMap::new();
         let policies = desired.policies.get(cluster.index).unwrap_or(&no_policies);
-        let no_services = BTreeMap::new();
-        let services = desired.services.get(cluster.index).unwrap_or(&no_services);
+        let visible_indices: Vec<usize> = visible.iter().map(|c| c.index).collect();
+        let services = effective_services(desired, cluster.index, &visible_indices);
+        let services = &services;
         let no_identities = BTreeMap::new();
         let cluster_identities = identities.get(cluster.index).unwrap_or(&no_identities);
         for node in &cluster.nodes {
@@ -403,6 +411,36 @@ fn check_policy_maps(
     }
 }
 
+/// The services the nodes of cluster `local` must balance: the cluster's own, where a global
+/// one also gets the backends of the service of the same name of every other `visible`
+/// cluster that shares it (upstream's global services, with no affinity annotation).
+pub fn effective_services(
+    desired: &Desired,
+    local: usize,
+    visible: &[usize],
+) -> BTreeMap<String, ServiceSpec> {
+    let Some(own) = desired.services.get(local) else {
+        return BTreeMap::new();
+    };
+    let mut services = own.clone();
+    if !desired.mesh {
+        return services;
+    }
+    for (name, spec) in services.iter_mut().filter(|(_, spec)| spec.global) {
+        for remote in visible.iter().filter(|c| **c != local) {
+            if let Some(shared) = desired
+                .services
+                .get(*remote)
+                .and_then(|remote| remote.get(name))
+                .filter(|remote| remote.shared)
+            {
+                spec.backends.extend(shared.backends.iter().copied());
+            }
+        }
+    }
+    services
+}
+
 /// Every desired service has its master entry with the right backend count, one slot per
 /// backend, and the slots' backends are exactly the desired ones; no other service is there.
 fn check_load_balancing(
@@ -553,6 +591,78 @@ mod tests {
         ]
         .into_iter()
         .collect()
+    }
+
+    fn service(frontend: &str, backends: &[&str], global: bool, shared: bool) -> ServiceSpec {
+        ServiceSpec {
+            frontend: frontend.parse().unwrap(),
+            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+            global,
+            shared,
+        }
+    }
+
+    #[test]
+    fn a_global_service_balances_to_what_the_visible_clusters_share_under_its_name() {
+        let desired = Desired {
+            services: vec![
+                BTreeMap::from([
+                    (
+                        "web".to_owned(),
+                        service("192.168.1.1:80", &["10.0.0.2:8080"], true, false),
+                    ),
+                    (
+                        "db".to_owned(),
+                        service("192.168.1.2:80", &["10.0.0.3:8080"], false, true),
+                    ),
+                ]),
+                BTreeMap::from([
+                    (
+                        "web".to_owned(),
+                        service("192.168.2.1:80", &["10.0.1.2:8080"], false, true),
+                    ),
+                    (
+                        "db".to_owned(),
+                        service("192.168.2.2:80", &["10.0.1.3:8080"], true, true),
+                    ),
+                ]),
+                BTreeMap::from([(
+                    "web".to_owned(),
+                    service("192.168.3.1:80", &["10.0.2.2:8080"], true, false),
+                )]),
+            ],
+            mesh: true,
+            ..Desired::default()
+        };
+        let backends = |services: &BTreeMap<String, ServiceSpec>, name: &str| {
+            services[name]
+                .backends
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        // Cluster 1's global web takes cluster 2's shared one, not cluster 3's unshared one;
+        // its frontend stays its own. Its db is not global.
+        let one = effective_services(&desired, 0, &[0, 1, 2]);
+        assert_eq!(backends(&one, "web"), ["10.0.0.2:8080", "10.0.1.2:8080"]);
+        assert_eq!(one["web"].frontend.to_string(), "192.168.1.1:80");
+        assert_eq!(backends(&one, "db"), ["10.0.0.3:8080"]);
+        // Cluster 2's global db takes cluster 1's shared db; its web is not global.
+        let two = effective_services(&desired, 1, &[0, 1, 2]);
+        assert_eq!(backends(&two, "db"), ["10.0.0.3:8080", "10.0.1.3:8080"]);
+        assert_eq!(backends(&two, "web"), ["10.0.1.2:8080"]);
+        // A cluster the others no longer see contributes nothing.
+        let hidden = effective_services(&desired, 0, &[0, 2]);
+        assert_eq!(backends(&hidden, "web"), ["10.0.0.2:8080"]);
+        // Without a mesh, nothing is merged.
+        let alone = Desired {
+            mesh: false,
+            ..desired.clone()
+        };
+        assert_eq!(
+            backends(&effective_services(&alone, 0, &[0]), "web"),
+            ["10.0.0.2:8080"]
+        );
     }
 
     #[test]

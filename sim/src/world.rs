@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use actors::clusterstate::{PolicyRef, encode_policy};
 use actors::endpoint::{CreateEndpoint, DeleteEndpoint, EndpointCreated, EndpointRef};
-use datapath::api::{MapName, error_chain};
+use datapath::api::{MapKey, MapName, MapValue, error_chain};
 use ipnet::Ipv4Net;
 use kvstore::Backend;
 use kvstore::clock::TokioClock;
@@ -30,11 +30,15 @@ use tempfile::TempDir;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::backend::{OpCounter, SimBackend};
+use crate::backend::{OpCounter, RestartSignal, SimBackend, WatchLoss};
+use crate::external::{ExternalStore, ExternalStoreError, ExternalStores};
+use crate::fault::{self, NodeFault};
+use crate::invariant::{Invariants, MapSizes};
 use crate::mesh::{MeshStore, MeshStores, start_publisher, write_config_dir};
 use crate::node::{MeshSpec, NodeError, NodeSpec, SimNode};
 use crate::oracle::{
-    self, ClusterIdentities, Desired, NODE_SUPERNET, PodRecord, PolicySpec, ServiceSpec,
+    self, ClusterIdentities, Desired, NODE_SUPERNET, POD_SUPERNET, PodRecord, PolicySpec,
+    ServiceSpec,
 };
 use crate::report::{Failure, Percentiles, PodCounts, Report, StepReport, peak_rss_kib, rss_kib};
 use crate::scenario::{Scenario, Step};
@@ -55,6 +59,13 @@ const MESH_KEEPS_STATE: Duration = Duration::from_secs(240);
 const MESH_DRAINED_STATE: Duration = Duration::from_secs(400);
 /// How long after a partition heals every node has reconnected (the longest backoff, 30 s).
 const MESH_RECONNECT: Duration = Duration::from_secs(35);
+/// How long after a watch ended its consumer has opened it again: the longest backoff of the
+/// kvstore watchers (30 s) and a little more.
+const WATCH_REOPEN: Duration = Duration::from_secs(31);
+/// How often the harness asks to delete a pod before it gives up, and how long it waits in
+/// between (the kubelet retries a failed CNI DEL for as long as the pod exists).
+const DELETE_ATTEMPTS: u32 = 10;
+const DELETE_RETRY: Duration = Duration::from_secs(1);
 /// Service churn writes services named `sim-svc-<0..SERVICE_SLOTS>`.
 const SERVICE_SLOTS: u8 = 6;
 /// Every simulated service listens on TCP 80 and forwards to TCP 8080 of its pods.
@@ -68,6 +79,8 @@ const NAMESPACE: &str = "default";
 pub enum SimError {
     #[error("invalid scenario: {reason}")]
     InvalidScenario { reason: String },
+    #[error("scenario file {path}: {message}")]
+    ScenarioFile { path: String, message: String },
     #[error("cannot build the simulation runtime")]
     Runtime(#[source] std::io::Error),
     #[error("cannot create the simulation's state directory")]
@@ -100,6 +113,8 @@ pub enum SimError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    External(#[from] ExternalStoreError),
     #[error("the generated policy document {name} does not parse")]
     GeneratedPolicy {
         name: String,
@@ -121,7 +136,7 @@ pub struct SimCluster {
     pub index: usize,
     pub name: ClusterName,
     pub id: ClusterId,
-    pub store: MemoryStore,
+    pub store: ClusterStore,
     /// The harness's own client (policy writes, lease revocation): not counted as node work.
     admin: Arc<dyn Backend>,
     ops: Arc<OpCounter>,
@@ -136,6 +151,52 @@ pub struct SimCluster {
     _publisher: Option<watch::Sender<bool>>,
     /// `true` cuts the cluster's kvstore off from the other clusters' nodes.
     mesh_partition: watch::Sender<bool>,
+    /// Restarts of the cluster's kvstore, as its own nodes' watches see them.
+    restart: RestartSignal,
+}
+
+/// Where a cluster keeps its state.
+#[derive(Debug, Clone)]
+pub enum ClusterStore {
+    /// The embedded memory store, on the simulation's virtual time.
+    Memory(MemoryStore),
+    /// An external store ([`Scenario::run_on`]).
+    External(Arc<dyn ExternalStore>),
+}
+
+impl ClusterStore {
+    /// The memory store, which the mesh wiring needs.
+    pub fn memory(&self) -> Option<&MemoryStore> {
+        match self {
+            ClusterStore::Memory(store) => Some(store),
+            ClusterStore::External(_) => None,
+        }
+    }
+
+    async fn client(&self) -> Result<Arc<dyn Backend>, SimError> {
+        match self {
+            ClusterStore::Memory(store) => Ok(Arc::new(store.client())),
+            ClusterStore::External(store) => Ok(store.client().await?),
+        }
+    }
+
+    /// Expires due leases (an external store does so on its own).
+    fn expire_leases(&self) {
+        if let ClusterStore::Memory(store) = self {
+            store.expire_leases();
+        }
+    }
+
+    /// Starts (`true`) or ends an outage: the memory store stops answering; an external
+    /// one is stopped and started again.
+    async fn set_unavailable(&self, unavailable: bool) -> Result<(), SimError> {
+        match self {
+            ClusterStore::Memory(store) => store.set_unavailable(unavailable),
+            ClusterStore::External(store) if unavailable => store.stop().await?,
+            ClusterStore::External(store) => store.start().await?,
+        }
+        Ok(())
+    }
 }
 
 /// A pod creation the harness is waiting for.
@@ -188,7 +249,21 @@ struct World<'a> {
     steps: Vec<StepReport>,
     convergence: Vec<Duration>,
     start: Instant,
+    /// Makes the choices of injected faults, apart from `rng` so that turning faults on does
+    /// not change the rest of the run's choices.
+    fault_rng: fastrand::Rng,
+    invariants: Invariants,
+    /// The first broken invariant: it ends the run.
+    broken: Option<oracle::Violation>,
+    last_invariant_check: Instant,
+    /// Where the next continuous check starts in the list of live nodes.
+    invariant_cursor: usize,
+    /// Every live node's lost watch events, by node name.
+    watch_loss: BTreeMap<String, WatchLoss>,
 }
+
+/// Seeds [`World::fault_rng`] from the run's seed.
+const FAULT_SEED: u64 = 0x5eed_fa17_0000_0001;
 
 impl Scenario {
     /// Runs the scenario with `seed` on its own paused-time runtime and reports. A failing
@@ -196,16 +271,20 @@ impl Scenario {
     /// and actix system: call it from plain (non-async) code, such as a `#[test]` or `main`.
     pub fn run(&self, seed: u64) -> Result<Report, SimError> {
         self.validate()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .map_err(SimError::Runtime)?;
-        let system = actix_rt::System::with_tokio_rt(move || runtime);
-        let wall = std::time::Instant::now();
-        let mut report = system.block_on(run_world(self, seed))?;
-        report.wall_secs = wall.elapsed().as_secs_f64();
-        Ok(report)
+        run_on_runtime(self, seed, None)
+    }
+
+    /// Runs the scenario with every cluster on an external kvstore `stores` starts (see
+    /// [`crate::external`]): on real time, so neither the run nor its hash is a function of
+    /// the seed any more, and without a mesh. Otherwise as [`Scenario::run`].
+    pub fn run_on(&self, seed: u64, stores: &dyn ExternalStores) -> Result<Report, SimError> {
+        self.validate()?;
+        if self.mesh {
+            return Err(SimError::InvalidScenario {
+                reason: "the mesh needs the memory kvstore".to_owned(),
+            });
+        }
+        run_on_runtime(self, seed, Some(stores))
     }
 
     fn validate(&self) -> Result<(), SimError> {
@@ -226,22 +305,45 @@ impl Scenario {
         if self.pods_per_node > 250 {
             return invalid("a node's /24 holds at most 250 pods");
         }
-        for step in &self.steps {
+        let fraction = |value: f64| (0.0..=1.0).contains(&value);
+        if !fraction(self.kvstore_faults.error_rate) || !fraction(self.datapath_faults.error_rate) {
+            return invalid("fault error rates must be between 0 and 1");
+        }
+        if let Some(unknown) = self
+            .kvstore_faults
+            .exempt
+            .iter()
+            .find(|op| !crate::backend::REQUESTS.contains(&op.as_str()))
+        {
+            return Err(SimError::InvalidScenario {
+                reason: format!(
+                    "kvstore_faults.exempt names {unknown:?}, not one of {}",
+                    crate::backend::REQUESTS.join(", ")
+                ),
+            });
+        }
+        for (index, step) in self.steps.iter().enumerate() {
+            let step_invalid = |reason: &str| {
+                Err(SimError::InvalidScenario {
+                    reason: format!("step {} ({}): {reason}", index + 1, step.name()),
+                })
+            };
             if let Step::PodChurn { rate, .. }
             | Step::PolicyChurn { rate, .. }
-            | Step::ServiceChurn { rate, .. } = step
+            | Step::ServiceChurn { rate, .. }
+            | Step::WatchEventLoss { rate, .. } = step
                 && !(rate.is_finite() && *rate > 0.0 && *rate <= 10_000.0)
             {
-                return invalid("churn rates must be between 0 and 10000 per second");
+                return step_invalid("churn rates must be between 0 and 10000 per second");
             }
-        }
-        if self
-            .steps
-            .iter()
-            .any(|step| matches!(step, Step::ClusterDisconnect { .. }))
-            && !(self.mesh && self.clusters > 1)
-        {
-            return invalid("cluster-disconnect needs a mesh of at least two clusters");
+            if matches!(step, Step::ClusterDisconnect { .. }) && !(self.mesh && self.clusters > 1) {
+                return step_invalid("cluster-disconnect needs a mesh of at least two clusters");
+            }
+            if let Step::ServiceChurn { global: true, .. } = step
+                && !self.mesh
+            {
+                return step_invalid("global services need a mesh");
+            }
         }
         for fault in &self.faults {
             if fault.cluster >= self.clusters || fault.node >= self.nodes {
@@ -252,7 +354,30 @@ impl Scenario {
     }
 }
 
-async fn run_world(scenario: &Scenario, seed: u64) -> Result<Report, SimError> {
+/// Runs the world on a runtime of its own: paused time for the memory store, real time for an
+/// external one.
+fn run_on_runtime(
+    scenario: &Scenario,
+    seed: u64,
+    stores: Option<&dyn ExternalStores>,
+) -> Result<Report, SimError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(stores.is_none())
+        .build()
+        .map_err(SimError::Runtime)?;
+    let system = actix_rt::System::with_tokio_rt(move || runtime);
+    let wall = std::time::Instant::now();
+    let mut report = system.block_on(run_world(scenario, seed, stores))?;
+    report.wall_secs = wall.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn run_world(
+    scenario: &Scenario,
+    seed: u64,
+    stores: Option<&dyn ExternalStores>,
+) -> Result<Report, SimError> {
     let dir = tempfile::Builder::new()
         .prefix("cilium-sim-")
         .tempdir()
@@ -267,12 +392,15 @@ async fn run_world(scenario: &Scenario, seed: u64) -> Result<Report, SimError> {
             ClusterName::new(format!("cluster-{id}")).map_err(|_| SimError::InvalidScenario {
                 reason: format!("cluster-{id} is not a valid cluster name"),
             })?;
-        let store = MemoryStore::new(Arc::new(TokioClock::new()));
+        let store = match stores {
+            None => ClusterStore::Memory(MemoryStore::new(Arc::new(TokioClock::new()))),
+            Some(stores) => ClusterStore::External(stores.start_cluster(name.as_str()).await?),
+        };
         clusters.push(SimCluster {
             index,
             name,
             id: ClusterId::new(id),
-            admin: Arc::new(store.client()),
+            admin: store.client().await?,
             store,
             ops: Arc::new(OpCounter::default()),
             nodes: Vec::new(),
@@ -281,6 +409,7 @@ async fn run_world(scenario: &Scenario, seed: u64) -> Result<Report, SimError> {
             mesh_dir: None,
             _publisher: None,
             mesh_partition: watch::Sender::new(false),
+            restart: RestartSignal::default(),
         });
     }
     let mut mesh_stores = None;
@@ -291,6 +420,11 @@ async fn run_world(scenario: &Scenario, seed: u64) -> Result<Report, SimError> {
             .collect();
         for cluster in &mut clusters {
             let local = cluster.name.as_str().to_owned();
+            let Some(store) = cluster.store.memory() else {
+                return Err(SimError::InvalidScenario {
+                    reason: "the mesh needs the memory kvstore".to_owned(),
+                });
+            };
             let dir = write_config_dir(dir.path(), &local, &names).map_err(|source| {
                 SimError::MeshConfig {
                     cluster: local.clone(),
@@ -299,23 +433,23 @@ async fn run_world(scenario: &Scenario, seed: u64) -> Result<Report, SimError> {
             })?;
             cluster.mesh_dir = Some(dir);
             cluster._publisher = Some(
-                start_publisher(cluster.name.clone(), cluster.id, &cluster.store).map_err(
-                    |source| SimError::Publisher {
+                start_publisher(cluster.name.clone(), cluster.id, store).map_err(|source| {
+                    SimError::Publisher {
                         cluster: local,
                         source,
-                    },
-                )?,
+                    }
+                })?,
             );
         }
         mesh_stores = Some(Arc::new(
             clusters
                 .iter()
-                .map(|c| {
+                .filter_map(|c| {
                     let remote = MeshStore {
-                        store: c.store.clone(),
+                        store: c.store.memory()?.clone(),
                         partition: c.mesh_partition.subscribe(),
                     };
-                    (c.name.as_str().to_owned(), remote)
+                    Some((c.name.as_str().to_owned(), remote))
                 })
                 .collect(),
         ));
@@ -351,6 +485,12 @@ async fn run_world(scenario: &Scenario, seed: u64) -> Result<Report, SimError> {
         steps: Vec::new(),
         convergence: Vec::new(),
         start: Instant::now(),
+        fault_rng: fastrand::Rng::with_seed(seed ^ FAULT_SEED),
+        invariants: Invariants::new(),
+        broken: None,
+        last_invariant_check: Instant::now(),
+        invariant_cursor: 0,
+        watch_loss: BTreeMap::new(),
     };
     world.run().await
 }
@@ -431,13 +571,21 @@ impl World<'_> {
             },
         };
         let partition = watch::Sender::new(false);
-        let backend = Arc::new(SimBackend::new(
-            Arc::new(cluster.store.client()),
+        let backend = SimBackend::new(
+            cluster.store.client().await?,
             Arc::clone(&cluster.ops),
             scenario.kvstore_latency,
             partition.subscribe(),
-        ));
-        let node = SimNode::start(spec, backend, partition, writes).await?;
+        )
+        .with_faults(scenario.kvstore_faults.clone(), node_seed ^ FAULT_SEED)
+        .with_restarts(&cluster.restart);
+        self.watch_loss
+            .insert(name.clone(), backend.watch_loss().clone());
+        self.invariants
+            .node_started(pod_cidr, cluster.name.as_str(), cluster.id);
+        let failing = backend.failing();
+        let node = SimNode::start(spec, Arc::new(backend), partition, writes).await?;
+        failing.store(true, Ordering::SeqCst);
         cluster.nodes.push(node);
         Ok(name)
     }
@@ -487,6 +635,7 @@ impl World<'_> {
         };
         let results = self.results_tx.clone();
         self.in_flight += 1;
+        self.arm_datapath_faults();
         tokio::task::spawn_local(async move {
             let started = Instant::now();
             let result = match addr.send(request).await {
@@ -518,14 +667,25 @@ impl World<'_> {
         self.deleting.insert(name.clone());
         let results = self.results_tx.clone();
         self.in_flight += 1;
+        self.arm_datapath_faults();
         tokio::task::spawn_local(async move {
-            let request = DeleteEndpoint {
-                endpoint: EndpointRef::ContainerId(name.clone()),
-            };
-            let result = match addr.send(request).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(error)) => Err(error_chain(&error)),
-                Err(_) => Err("the node's endpoint manager is gone".to_owned()),
+            // As the kubelet retries a failed CNI DEL: the endpoint manager keeps a half-removed
+            // endpoint as disconnecting and finishes the removal on the next delete.
+            let mut attempt = 1;
+            let result = loop {
+                let request = DeleteEndpoint {
+                    endpoint: EndpointRef::ContainerId(name.clone()),
+                };
+                match addr.send(request).await {
+                    Ok(Ok(_)) => break Ok(()),
+                    Ok(Err(error)) if attempt < DELETE_ATTEMPTS => {
+                        tracing::info!(pod = %name, attempt, error = %error_chain(&error), "pod deletion failed, retrying");
+                    }
+                    Ok(Err(error)) => break Err(error_chain(&error)),
+                    Err(_) => break Err("the node's endpoint manager is gone".to_owned()),
+                }
+                attempt += 1;
+                tokio::time::sleep(DELETE_RETRY).await;
             };
             let _ = results.send(OpResult::Deleted { pod: name, result });
         });
@@ -551,6 +711,24 @@ impl World<'_> {
                     Ok(created) if self.node_is_live(pod.cluster, &pod.node) => {
                         self.pods.created += 1;
                         self.create_latency.push(latency);
+                        let deleting = &self.deleting;
+                        let checked = self
+                            .invariants
+                            .identity_seen(
+                                pod.cluster,
+                                created.identity,
+                                &pod.labels.to_kvstore_string(),
+                                &format!("pod {}", pod.name),
+                            )
+                            .and_then(|()| {
+                                self.invariants
+                                    .address_given(created.ip, &pod.name, |other| {
+                                        deleting.contains(other)
+                                    })
+                            });
+                        if let Err(violation) = checked {
+                            self.broken.get_or_insert(violation);
+                        }
                         self.desired.pods.insert(
                             pod.name.clone(),
                             PodRecord {
@@ -575,7 +753,8 @@ impl World<'_> {
                     self.deleting.remove(&pod);
                     match result {
                         Ok(()) => {
-                            if self.desired.pods.remove(&pod).is_some() {
+                            if let Some(record) = self.desired.pods.remove(&pod) {
+                                self.invariants.address_released(record.ip, &pod);
                                 self.pods.deleted += 1;
                             }
                         }
@@ -621,7 +800,11 @@ impl World<'_> {
             for cluster in &self.clusters {
                 cluster.store.expire_leases();
             }
+            self.check_invariants(false);
             let now = Instant::now();
+            if self.broken.is_some() {
+                return Some(now);
+            }
             let current = self.fingerprint();
             if current != last {
                 last = current;
@@ -651,6 +834,7 @@ impl World<'_> {
         started: Instant,
         min_wait: Duration,
     ) -> Option<Failure> {
+        self.withdraw_datapath_faults();
         let settled = self.settle(started, min_wait).await;
         for cluster in &self.clusters {
             match oracle::read_identities(cluster.admin.as_ref()).await {
@@ -658,6 +842,35 @@ impl World<'_> {
                 // An outage: nothing can have changed since the last read.
                 Err(error) => tracing::debug!(%error, "identities not read; keeping the last"),
             }
+        }
+        for (cluster, identities) in self.identities.iter().enumerate() {
+            for (identity, labels) in identities {
+                let seen = self.invariants.identity_seen(
+                    cluster,
+                    *identity,
+                    &labels.to_kvstore_string(),
+                    "its master key",
+                );
+                if let Err(violation) = seen {
+                    self.broken.get_or_insert(violation);
+                }
+            }
+        }
+        self.check_invariants(true);
+        if let Some(violation) = self.broken.clone() {
+            tracing::warn!(step = %name, %violation, "invariant broken");
+            self.steps.push(StepReport {
+                name: name.clone(),
+                converged_ms: Instant::now().duration_since(started).as_secs_f64() * 1000.0,
+                at_ms: Instant::now().duration_since(self.start).as_secs_f64() * 1000.0,
+                violations: 1,
+            });
+            return Some(Failure {
+                step: name,
+                seed: self.seed,
+                violations: vec![violation],
+                total: 1,
+            });
         }
         let mut violations = oracle::check(&self.clusters, &self.desired, &self.identities).await;
         let converged = match settled {
@@ -721,20 +934,15 @@ impl World<'_> {
                 last_action = Instant::now();
             }
             Step::PodChurn { rate, duration } => {
-                let interval = Duration::from_secs_f64(1.0 / rate);
-                while started.elapsed() < *duration {
-                    tokio::time::sleep(interval).await;
-                    self.drain();
-                    self.pod_churn_event();
-                    last_action = Instant::now();
-                }
+                last_action = self.pod_churn(started, *rate, *duration).await;
             }
             Step::PolicyChurn { rate, duration } => {
                 let interval = Duration::from_secs_f64(1.0 / rate);
-                while started.elapsed() < *duration {
+                while started.elapsed() < *duration && self.broken.is_none() {
                     tokio::time::sleep(interval).await;
                     self.drain();
                     self.policy_churn_event().await?;
+                    self.check_invariants(false);
                     last_action = Instant::now();
                 }
             }
@@ -752,12 +960,17 @@ impl World<'_> {
                 }
                 last_action = Instant::now();
             }
-            Step::ServiceChurn { rate, duration } => {
+            Step::ServiceChurn {
+                rate,
+                duration,
+                global,
+            } => {
                 let interval = Duration::from_secs_f64(1.0 / rate);
-                while started.elapsed() < *duration {
+                while started.elapsed() < *duration && self.broken.is_none() {
                     tokio::time::sleep(interval).await;
                     self.drain();
-                    self.service_churn_event().await?;
+                    self.service_churn_event(*global).await?;
+                    self.check_invariants(false);
                     last_action = Instant::now();
                 }
             }
@@ -772,7 +985,13 @@ impl World<'_> {
             }
             Step::KvstoreOutage { duration } => {
                 let index = self.rng.usize(..self.clusters.len());
-                self.clusters[index].store.set_unavailable(true);
+                // With a mesh the other clusters lose the store too, and keep what they
+                // imported up to the drain timeout.
+                let everyone = self.scenario.mesh && *duration <= MESH_KEEPS_STATE;
+                self.guard(&format!("{name} of cluster {}", index + 1), |c| {
+                    everyone || c == index
+                });
+                self.clusters[index].store.set_unavailable(true).await?;
                 // Nothing changed in the desired state: every datapath must still hold it.
                 let during = self
                     .finish_step(
@@ -781,11 +1000,61 @@ impl World<'_> {
                         *duration,
                     )
                     .await;
-                self.clusters[index].store.set_unavailable(false);
+                self.clusters[index].store.set_unavailable(false).await?;
+                self.invariants.unguard();
                 last_action = Instant::now();
                 if during.is_some() {
                     return Ok(during);
                 }
+            }
+            Step::KvstoreRestart { duration } => {
+                let index = self.rng.usize(..self.clusters.len());
+                // Through the restart and the re-lists after it: a re-list that finds what
+                // the node already holds must not flush anything.
+                // With a mesh the other clusters lose the store too, and keep what they
+                // imported up to the drain timeout.
+                let everyone = self.scenario.mesh && *duration <= MESH_KEEPS_STATE;
+                self.guard(&format!("{name} of cluster {}", index + 1), |c| {
+                    everyone || c == index
+                });
+                let cluster = &self.clusters[index];
+                tracing::info!(cluster = %cluster.name, "kvstore restarts");
+                cluster.store.set_unavailable(true).await?;
+                cluster.restart.restart();
+                self.pass_time(*duration).await;
+                self.clusters[index].store.set_unavailable(false).await?;
+                last_action = Instant::now();
+                // The watchers retried with doubling delays meanwhile: the next try comes at
+                // most about the outage's length after its end.
+                min_wait = (*duration * 2 + Duration::from_secs(2)).min(WATCH_REOPEN);
+            }
+            Step::WatchEventLoss {
+                nodes,
+                rate,
+                duration,
+                resync,
+            } => {
+                let mut victims = BTreeSet::new();
+                let live: Vec<String> = self.watch_loss.keys().cloned().collect();
+                for _ in 0..*nodes {
+                    if let Some(node) = live.get(self.rng.usize(..live.len().max(1))) {
+                        victims.insert(node.clone());
+                    }
+                }
+                for node in &victims {
+                    if let Some(loss) = self.watch_loss.get(node) {
+                        tracing::info!(%node, "node starts losing watch events");
+                        loss.start();
+                    }
+                }
+                last_action = self.pod_churn(started, *rate, *duration).await;
+                for node in &victims {
+                    if let Some(loss) = self.watch_loss.get(node) {
+                        loss.stop(*resync);
+                        tracing::info!(%node, dropped = loss.dropped(), resync, "node stops losing watch events");
+                    }
+                }
+                min_wait = WATCH_REOPEN;
             }
             Step::LeaseExpiry { nodes } => {
                 for _ in 0..*nodes {
@@ -808,6 +1077,8 @@ impl World<'_> {
                     node.set_partitioned(true);
                     cut.push((cluster, node.spec.name.clone()));
                 }
+                let names: BTreeSet<String> = cut.iter().map(|(_, node)| node.clone()).collect();
+                self.guard_nodes(&name, |node| names.contains(node));
                 // Shorter than the lease: nothing the node published goes away and nothing
                 // changes anywhere. Longer: its keys expire and come back once it returns,
                 // with an in-between nobody checks.
@@ -819,7 +1090,7 @@ impl World<'_> {
                         return Ok(failure);
                     }
                 } else {
-                    tokio::time::sleep(*duration).await;
+                    self.pass_time(*duration).await;
                     // The node learns that its lease is gone at its next renewal.
                     min_wait = self.scenario.lease_ttl / 3 + Duration::from_secs(1);
                 }
@@ -832,10 +1103,15 @@ impl World<'_> {
                         node.set_partitioned(false);
                     }
                 }
+                self.invariants.unguard();
                 last_action = Instant::now();
             }
             Step::ClusterDisconnect { duration } => {
                 let index = self.rng.usize(..self.clusters.len());
+                if *duration <= MESH_KEEPS_STATE {
+                    // The others keep what they imported: nothing of theirs may shrink.
+                    self.guard(&format!("{name} of cluster {}", index + 1), |c| c != index);
+                }
                 self.clusters[index].mesh_partition.send_replace(true);
                 // Shortly, the other clusters keep what they imported; long after the drain
                 // timeout they have dropped it. In between either may hold: no check.
@@ -844,7 +1120,7 @@ impl World<'_> {
                 } else if *duration >= MESH_DRAINED_STATE {
                     Some(true)
                 } else {
-                    tokio::time::sleep(*duration).await;
+                    self.pass_time(*duration).await;
                     None
                 };
                 if let Some(drained) = during {
@@ -864,13 +1140,149 @@ impl World<'_> {
                 }
                 self.desired.hidden.remove(&index);
                 self.clusters[index].mesh_partition.send_replace(false);
+                self.invariants.unguard();
                 last_action = Instant::now();
                 // The other clusters reconnect after their backoff, up to 30 s later.
                 min_wait = MESH_RECONNECT;
             }
             Step::Wait { duration } => min_wait = *duration,
         }
-        Ok(self.finish_step(name, last_action, min_wait).await)
+        let failure = self.finish_step(name, last_action, min_wait).await;
+        self.invariants.unguard();
+        Ok(failure)
+    }
+
+    /// Creates or deletes a pod `rate` times per second until `duration` after `started`;
+    /// returns when the last change was made.
+    async fn pod_churn(&mut self, started: Instant, rate: f64, duration: Duration) -> Instant {
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let mut last_action = Instant::now();
+        while started.elapsed() < duration && self.broken.is_none() {
+            tokio::time::sleep(interval).await;
+            self.drain();
+            self.pod_churn_event();
+            self.check_invariants(false);
+            last_action = Instant::now();
+        }
+        last_action
+    }
+
+    /// Lets `duration` of virtual time pass, checking the invariants on the way.
+    async fn pass_time(&mut self, duration: Duration) {
+        let until = Instant::now() + duration;
+        loop {
+            let now = Instant::now();
+            if now >= until || self.broken.is_some() {
+                return;
+            }
+            let left = until.duration_since(now);
+            let interval = self.scenario.invariant_interval;
+            tokio::time::sleep(if interval.is_zero() {
+                left
+            } else {
+                left.min(interval)
+            })
+            .await;
+            self.drain();
+            self.check_invariants(false);
+        }
+    }
+
+    /// Guards the maps of every live node of the clusters `pick` selects (by index) against
+    /// shrinking: their kvstore went away because of `why`.
+    fn guard(&mut self, why: &str, pick: impl Fn(usize) -> bool) {
+        let names: BTreeSet<String> = self
+            .clusters
+            .iter()
+            .filter(|cluster| pick(cluster.index))
+            .flat_map(|cluster| &cluster.nodes)
+            .map(|node| node.spec.name.clone())
+            .collect();
+        self.guard_nodes(why, |node| names.contains(node));
+    }
+
+    /// Guards the maps of the live nodes `pick` selects (by name) against shrinking, then
+    /// plays [`NodeFault::FlushOnKvstoreLoss`] on those that have it.
+    fn guard_nodes(&mut self, why: &str, pick: impl Fn(&str) -> bool) {
+        let sizes = self
+            .clusters
+            .iter()
+            .flat_map(|cluster| &cluster.nodes)
+            .filter(|node| pick(&node.spec.name))
+            .map(|node| (node.spec.name.clone(), map_sizes(node)))
+            .collect();
+        self.invariants.guard(why, sizes);
+        for node in self.clusters.iter().flat_map(|cluster| &cluster.nodes) {
+            if node.spec.fault == Some(NodeFault::FlushOnKvstoreLoss) && pick(&node.spec.name) {
+                let flushed =
+                    fault::flush_remote_pods(&node.datapath, node.spec.pod_cidr, POD_SUPERNET);
+                tracing::debug!(node = %node.spec.name, flushed, "fault: ipcache flushed on kvstore loss");
+            }
+        }
+    }
+
+    /// The continuous checks (see [`crate::invariant`]): every `invariant_interval` of
+    /// virtual time, the next `invariant_nodes` live nodes' datapaths in turn. With
+    /// `quiescent`, every node whose maps must not shrink, now (the oracle reads every other
+    /// node's maps there anyway). Keeps the first violation.
+    fn check_invariants(&mut self, quiescent: bool) {
+        if self.broken.is_some() {
+            return;
+        }
+        if quiescent {
+            for node in self.clusters.iter().flat_map(|c| &c.nodes) {
+                if self.invariants.guards(&node.spec.name)
+                    && let Err(violation) = self
+                        .invariants
+                        .check_not_flushed(&node.spec.name, &map_sizes(node))
+                {
+                    self.broken = Some(violation);
+                    return;
+                }
+            }
+            return;
+        }
+        let interval = self.scenario.invariant_interval;
+        let now = Instant::now();
+        if interval.is_zero() || now.duration_since(self.last_invariant_check) < interval {
+            return;
+        }
+        self.last_invariant_check = now;
+        let live: Vec<&SimNode> = self.clusters.iter().flat_map(|c| &c.nodes).collect();
+        if live.is_empty() {
+            return;
+        }
+        let count = self.scenario.invariant_nodes.clamp(1, live.len());
+        for offset in 0..count {
+            let node = live[(self.invariant_cursor + offset) % live.len()];
+            if let Err(violation) = check_node(&self.invariants, node) {
+                self.broken = Some(violation);
+                return;
+            }
+        }
+        self.invariant_cursor = (self.invariant_cursor + count) % live.len();
+    }
+
+    /// Arms the scenario's datapath faults on every live node (after a change the harness
+    /// made).
+    fn arm_datapath_faults(&mut self) {
+        let faults = self.scenario.datapath_faults;
+        if faults.error_rate <= 0.0 {
+            return;
+        }
+        for node in self.clusters.iter().flat_map(|c| &c.nodes) {
+            faults.arm(&node.datapath, &mut self.fault_rng);
+        }
+    }
+
+    /// Withdraws the datapath failures not used up (before a wait for quiescence).
+    fn withdraw_datapath_faults(&self) {
+        if self.scenario.datapath_faults.error_rate <= 0.0 {
+            return;
+        }
+        for node in self.clusters.iter().flat_map(|c| &c.nodes) {
+            node.datapath.clear_faults();
+        }
     }
 
     fn pod_churn_event(&mut self) {
@@ -930,10 +1342,11 @@ impl World<'_> {
                 tracing::info!(%error, policy = %key_name, "policy write failed");
             }
         }
+        self.arm_datapath_faults();
         Ok(())
     }
 
-    async fn service_churn_event(&mut self) -> Result<(), SimError> {
+    async fn service_churn_event(&mut self, global: bool) -> Result<(), SimError> {
         let cluster = self.rng.usize(..self.clusters.len());
         let slot = self.rng.u8(..SERVICE_SLOTS);
         let name = format!("sim-svc-{slot}");
@@ -962,6 +1375,8 @@ impl World<'_> {
                 SERVICE_PORT,
             ),
             backends,
+            global: global && self.rng.bool(),
+            shared: global && self.rng.bool(),
         };
         let admin = Arc::clone(&self.clusters[cluster].admin);
         self.service_writes += 1;
@@ -987,6 +1402,7 @@ impl World<'_> {
                 tracing::info!(%error, service = %name, "service write failed");
             }
         }
+        self.arm_datapath_faults();
         Ok(())
     }
 
@@ -1017,9 +1433,12 @@ impl World<'_> {
             .map(|pod| pod.name.clone())
             .collect();
         for pod in gone {
-            self.desired.pods.remove(&pod);
+            if let Some(record) = self.desired.pods.remove(&pod) {
+                self.invariants.address_released(record.ip, &pod);
+            }
             self.pods.lost += 1;
         }
+        self.watch_loss.remove(&node.spec.name);
         node.kill(revoke).await;
     }
 
@@ -1112,6 +1531,44 @@ impl World<'_> {
     }
 }
 
+/// How many entries a node's maps hold, per kind (every policy map together).
+fn map_sizes(node: &SimNode) -> MapSizes {
+    let mut sizes = MapSizes::new();
+    for map in [
+        MapName::Ipcache,
+        MapName::Lxc,
+        MapName::Lb4Services,
+        MapName::Lb4Backends,
+    ] {
+        sizes.insert(map.to_string(), node.datapath.entries(map).len());
+    }
+    let policy = node
+        .datapath
+        .attachments()
+        .iter()
+        .map(|a| node.datapath.entries(MapName::Policy(a.endpoint)).len())
+        .sum();
+    sizes.insert("the policy maps".to_owned(), policy);
+    sizes
+}
+
+/// One node's share of the continuous checks: its ipcache's pod addresses, and, while its
+/// kvstore is away, that none of its maps shrank.
+fn check_node(invariants: &Invariants, node: &SimNode) -> Result<(), oracle::Violation> {
+    let ipcache = node.datapath.entries(MapName::Ipcache);
+    invariants.check_ipcache(
+        &node.spec.name,
+        ipcache.iter().filter_map(|entry| match entry {
+            (MapKey::Ipcache(key), MapValue::Ipcache(info)) => Some((key.prefix(), info.identity)),
+            _ => None,
+        }),
+    )?;
+    if invariants.guards(&node.spec.name) {
+        invariants.check_not_flushed(&node.spec.name, &map_sizes(node))?;
+    }
+    Ok(())
+}
+
 /// The cluster service record of `spec`, as an agent (or the cluster CLI) writes it.
 fn service_record(cluster: &str, id: ClusterId, name: &str, spec: &ServiceSpec) -> ClusterService {
     let port = |port| -> PortConfiguration {
@@ -1134,6 +1591,8 @@ fn service_record(cluster: &str, id: ClusterId, name: &str, spec: &ServiceSpec) 
             .map(|backend| (backend.ip().to_string(), port(backend.port())))
             .collect(),
         cluster_id: u32::from(id.get()),
+        include_external: spec.global,
+        shared: spec.shared,
         ..ClusterService::default()
     }
 }

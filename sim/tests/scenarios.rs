@@ -24,6 +24,7 @@ fn churn() -> Scenario {
         .step(Step::ServiceChurn {
             rate: 2.0,
             duration: Duration::from_secs(10),
+            global: false,
         })
         .step(Step::PodChurn {
             rate: 4.0,
@@ -212,7 +213,8 @@ fn a_mesh_of_three_clusters_survives_churn_storm_loss_and_disconnects() {
         })
         .step(Step::ServiceChurn {
             rate: 2.0,
-            duration: Duration::from_secs(5),
+            duration: Duration::from_secs(10),
+            global: true,
         })
         .step(Step::IdentityStorm { pods: 20 })
         .step(Step::ClusterDisconnect {
