@@ -16,7 +16,7 @@
 //! pods_per_node: 2
 //! mesh: true
 //! lease_ttl: 15m
-//! kvstore_faults: { latency_jitter: 5ms, error_rate: 0.01, exempt: [unlock] }
+//! kvstore_faults: { latency_jitter: 5ms, error_rate: 0.01, exempt: [revoke-lease] }
 //! datapath_faults: { error_rate: 0.05 }
 //! steps:
 //!   - { kind: pod-churn, rate: 4, duration: 10s }
@@ -472,10 +472,7 @@ impl Scenario {
                 .kvstore_faults(KvstoreFaults {
                     latency_jitter: Duration::from_millis(20),
                     error_rate: 0.02,
-                    // A failed unlock leaks the identity lock while the node's lock session
-                    // lives, and every later allocation of those labels waits for it forever
-                    // (the allocator only logs the failure).
-                    exempt: vec!["unlock".to_owned()],
+                    exempt: Vec::new(),
                 })
                 .datapath_faults(DatapathFaults { error_rate: 0.05 })
                 .step(pod_churn.clone())

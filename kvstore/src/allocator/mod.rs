@@ -41,7 +41,7 @@ use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinHandle;
 
 use crate::backend::{
-    Backend, BackendExt, Compare, LeaseId, Txn, TxnOp, WatchEvent, WatchFrom, WatchStream,
+    Backend, BackendExt, Compare, LeaseId, LockKey, Txn, TxnOp, WatchEvent, WatchFrom, WatchStream,
 };
 use crate::error::Error;
 use crate::keys::{
@@ -59,6 +59,11 @@ const MAX_REUSE_ATTEMPTS: u32 = 3;
 
 /// How long the master watch waits before re-listing after the backend ended its stream.
 const WATCH_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The first and the longest pause between attempts to release an identity lock whose
+/// release failed.
+const UNLOCK_RETRY_FIRST: Duration = Duration::from_millis(200);
+const UNLOCK_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// The outcome of an allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +192,18 @@ impl IdentityAllocator {
     async fn locked_allocate(&self, key: &str) -> Result<Allocation, AllocatorError> {
         let backend = &*self.shared.backend;
         let cached = self.shared.state().id_of(key);
-        if let Some(id) = cached {
+        if let Some(cached) = cached {
+            // The cache may know an older master of these labels that nobody references any
+            // more, while another node (whose cache missed that master) made a new one: what
+            // live nodes reference wins, as upstream's lookup of slave keys under the lock.
+            // Nobody else can add references while we hold the lock, so one listing decides.
+            let id = match self.find_by_slave_keys(key).await? {
+                Some(referenced) if referenced != cached => {
+                    tracing::info!(labels = key, cached = %cached, %referenced, "identity cache is stale; using the identity other nodes reference");
+                    referenced
+                }
+                _ => cached,
+            };
             match self.reference_existing(key, id).await? {
                 true => return Ok(Allocation { id, is_new: false }),
                 // The id now belongs to other labels: allocate a fresh one.
@@ -422,9 +438,12 @@ impl Shared {
     ) -> Result<T, AllocatorError> {
         let lock = self.backend.lock(&identity_lock_key(key)).await?;
         let result = op.await;
-        if let Err(err) = self.backend.unlock(lock).await {
-            // The lock is released anyway when the lock session expires.
-            tracing::warn!(labels = key, error = %err, "failed to release identity lock");
+        if let Err(err) = self.backend.unlock(lock.clone()).await {
+            // The lock session is kept alive for as long as this allocator lives, so a lock
+            // left behind would block every later allocation of these labels, this node's
+            // included: keep trying in the background until the store takes the release.
+            tracing::warn!(labels = key, error = %err, "failed to release identity lock; retrying");
+            tokio::spawn(release_until_done(Arc::clone(&self.backend), lock));
         }
         result
     }
@@ -588,6 +607,24 @@ impl Drop for LocalGuard<'_> {
             .is_some_and(|mutex| Arc::strong_count(mutex) == 1)
         {
             locks.remove(&self.key);
+        }
+    }
+}
+
+/// Releases `lock`, retrying with a growing pause until the store accepts it.
+async fn release_until_done(backend: Arc<dyn Backend>, lock: LockKey) {
+    let mut pause = UNLOCK_RETRY_FIRST;
+    loop {
+        tokio::time::sleep(pause).await;
+        match backend.unlock(lock.clone()).await {
+            Ok(()) => {
+                tracing::info!(lock = %lock.key, "released identity lock after retrying");
+                return;
+            }
+            Err(err) => {
+                tracing::debug!(lock = %lock.key, error = %err, "identity lock release failed again");
+                pause = (pause * 2).min(UNLOCK_RETRY_MAX);
+            }
         }
     }
 }

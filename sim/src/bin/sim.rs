@@ -35,7 +35,7 @@ SCENARIO FILES (--file):
     settle_limit: 1h
     invariant_interval: 5s     # continuous invariant checks (0s: quiescent points only)
     invariant_nodes: 4         # datapaths read per continuous check
-    kvstore_faults: { latency_jitter: 5ms, error_rate: 0.01, exempt: [unlock] }
+    kvstore_faults: { latency_jitter: 5ms, error_rate: 0.01, exempt: [revoke-lease] }
     datapath_faults: { error_rate: 0.05 }
     steps:                     # `kind` names the step
       - { kind: scale-up, nodes: 1 }
