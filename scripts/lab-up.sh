@@ -4,7 +4,8 @@
 # running cilium-agent with the eBPF datapath and Hubble, one etcd, operator and
 # clustermesh-apiserver per cluster, hubble-relay, an "external" echo server, and the Star Wars
 # demo. Run as root: the lab creates network namespaces and loads BPF programs.
-# Extra arguments go to `cilium lab up` (e.g. --kvstore memory, --routing-mode tunnel).
+# Extra arguments go to `cilium lab up` (e.g. --kvstore memory, --routing-mode tunnel, --name);
+# CILIUM_LAB_DIR chooses the lab directory (default /var/run/cilium-lab).
 # `target/debug/cilium lab down` removes everything again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,15 +22,21 @@ cargo build --locked -p cmd --bins
 cilium=target/debug/cilium
 
 args=("$@")
-memory=false
-if [[ " ${args[*]} " == *" --kvstore memory "* ]]; then
-    memory=true
-else
+# The memory kvstore runs one node of one cluster; etcd labs get CLUSTERS x NODES.
+if [[ " ${args[*]} " != *" --kvstore memory "* ]]; then
     args=(--clusters "${CLUSTERS:-2}" --nodes "${NODES:-2}" "${args[@]}")
 fi
+now() { date +%s.%N; }
+took() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
+
+echo "==> cilium lab up ${args[*]}"
+started=$(now)
 "$cilium" lab up "${args[@]}"
-# The demo's service and policy live in etcd: the one-node memory lab runs without it.
-if [ "$memory" = false ]; then
-    "$cilium" lab demo
-fi
+echo "==> lab up took $(took "$started")"
+# With etcd the demo's service and policy go through the cluster's etcd; with the memory
+# kvstore through the agent's REST API.
+echo "==> cilium lab demo"
+started=$(now)
+"$cilium" lab demo
+echo "==> demo took $(took "$started")"
 "$cilium" lab status

@@ -1,7 +1,7 @@
 //! Privileged (root) tests of `cilium lab`, driving the `cilium` binary as a user would: `lab
 //! up`, `lab status -o json`, pods through `lab pod create|list|exec|delete`, traffic between
 //! pods on two nodes and to the external echo server, and `lab down` leaving no namespace,
-//! mount or process behind.
+//! mount or process behind, also after a crash lost records of processes and mounts.
 //!
 //! Each lab has its own temp directory and a name derived from this process's PID, so its
 //! namespaces never clash with another test's. A guard runs `lab down` on drop, so a failing
@@ -428,7 +428,9 @@ fn privileged_lab_memory_kvstore_one_node_and_down_after_lost_pid() {
     assert_eq!(echo["running"], false);
 
     // As if `up` had crashed between starting the agent and recording its PID: `down` still
-    // finds the agent in the node's namespace.
+    // finds the agent in the node's namespace. And as if the record of the node's bpffs were
+    // lost, with a mount the lab never made under its directory: `down` sweeps every mount
+    // under the lab directory, not only the recorded ones.
     let all = pids(&status);
     let state_path = lab.dir().join("state.json");
     let mut state: Value =
@@ -438,7 +440,20 @@ fn privileged_lab_memory_kvstore_one_node_and_down_after_lost_pid() {
             process["pid"] = Value::Null;
         }
     }
+    let recorded_mounts = state["mounts"].as_array().map_or(0, Vec::len);
+    assert_eq!(recorded_mounts, 1, "the node's bpffs: {state:#}");
+    state["mounts"] = Value::Array(Vec::new());
     std::fs::write(&state_path, state.to_string()).expect("write state");
+    let stray = lab.dir().join("nodes/c1-n1/stray mount");
+    std::fs::create_dir_all(&stray).expect("stray mount point");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &stray,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount a tmpfs in the lab dir");
 
     lab.ok(&["down"]);
     assert_gone(&lab, &all);

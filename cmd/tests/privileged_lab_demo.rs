@@ -3,7 +3,8 @@
 //! tiefighter reaches the deathstar service while the xwing is turned away, Hubble through the
 //! relay shows the xwing's packets dropped by policy and the tiefighter's forwarded, a second
 //! run reports the demo is there, and `lab down` stops the deathstars' servers and removes
-//! every namespace.
+//! every namespace. On a lab without etcd (`--kvstore memory`, one node) the demo puts the
+//! service and the policy into the agent through its REST API, with the same results.
 //!
 //! The lab has its own temp directory and a name derived from this process's PID; a guard runs
 //! `lab down` on drop, so a failing test leaves nothing behind.
@@ -19,6 +20,7 @@ use serde_json::Value;
 
 const CILIUM: &str = env!("CARGO_BIN_EXE_cilium");
 const HUBBLE: &str = env!("CARGO_BIN_EXE_hubble");
+const DBG: &str = env!("CARGO_BIN_EXE_cilium-dbg");
 /// Upstream's demo policy, next to the workspace.
 const UPSTREAM_POLICY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -340,6 +342,139 @@ fn privileged_lab_demo_tiefighter_lands_xwing_is_denied() {
     assert!(left.is_empty(), "namespaces left: {left:?}");
     eprintln!(
         "lab up took {up_took:.1?}, demo {demo_took:.1?}, whole test {:.1?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn privileged_lab_demo_on_the_memory_kvstore_goes_through_the_agent_api() {
+    let lab = Lab::new("lv");
+    let started = Instant::now();
+    lab.ok(&["up", "--kvstore", "memory", "--name", &lab.name]);
+    let up_took = started.elapsed();
+
+    let demo_started = Instant::now();
+    let out = lab.ok(&["demo"]);
+    let demo_took = demo_started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("The demo is up"), "{stdout}");
+    assert!(
+        stderr.contains("through each agent's API"),
+        "progress does not say where the service goes: {stderr}"
+    );
+    for step in [
+        "on agent c1-n1: created",
+        "policy default/rule1 on agent c1-n1: imported",
+        "landed",
+        "turned away",
+    ] {
+        assert!(stderr.contains(step), "progress lacks {step}: {stderr}");
+    }
+    // The etcd-only hints are replaced by the agent's own view.
+    assert!(stdout.contains("cilium.sock policy get"), "{stdout}");
+    assert!(!stdout.contains("--kvstore-opt"), "{stdout}");
+
+    let pods = lab.json(&["pod", "list"]);
+    let pods = pods.as_array().expect("pods");
+    assert_eq!(pods.len(), 4, "{pods:?}");
+    assert!(pods.iter().all(|p| p["node"] == "c1-n1"), "{pods:?}");
+
+    // The agent itself holds the service (two backends) and the rule: there is no etcd.
+    let socket = lab.dir().join("nodes/c1-n1/cilium.sock");
+    let dbg = |args: &[&str]| -> Value {
+        let out = Command::new(DBG)
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args(args)
+            .args(["-o", "json"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cilium-dbg");
+        assert!(
+            out.status.success(),
+            "cilium-dbg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("cilium-dbg JSON")
+    };
+    let services = dbg(&["service", "list"]);
+    let deathstar = services
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|s| {
+            s["spec"]["frontend-address"]["ip"] == FRONTEND.ip().to_string()
+                && s["spec"]["frontend-address"]["port"] == FRONTEND.port()
+        })
+        .unwrap_or_else(|| panic!("no {FRONTEND} service in the agent: {services:#}"));
+    assert_eq!(
+        deathstar["spec"]["backend-addresses"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "{deathstar:#}"
+    );
+    let policy = dbg(&["policy", "get"]);
+    assert!(
+        policy["policy"]
+            .as_str()
+            .is_some_and(|p| p.contains(POLICY_NAME)),
+        "{policy:#}"
+    );
+
+    for _ in 0..4 {
+        let out = lab.probe("tiefighter");
+        assert!(
+            out.status.success(),
+            "tiefighter -> {FRONTEND}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        !lab.probe("xwing").status.success(),
+        "xwing reached {FRONTEND}"
+    );
+    let denied = lab.wait_flow("xwing", &|f| {
+        f["verdict"] == "DROPPED" && f["drop_reason_desc"] == "POLICY_DENIED" && to_deathstar(f)
+    });
+    assert!(
+        denied.is_ok(),
+        "no POLICY_DENIED drop of the xwing:{}",
+        denied.unwrap_err()
+    );
+    let allowed = lab.wait_flow("tiefighter", &|f| {
+        f["verdict"] == "FORWARDED" && to_deathstar(f)
+    });
+    assert!(
+        allowed.is_ok(),
+        "no forwarded tiefighter flow:{}",
+        allowed.unwrap_err()
+    );
+
+    let again = lab.json(&["demo"]);
+    assert_eq!(again["already_there"], true, "{again:#}");
+    let services = dbg(&["service", "list"]);
+    assert_eq!(
+        services.as_array().map(Vec::len),
+        Some(1),
+        "a second run adds no service: {services:#}"
+    );
+
+    lab.ok(&["down"]);
+    let prefix = format!("{}-", lab.name);
+    let left: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    eprintln!(
+        "memory lab: up took {up_took:.1?}, demo {demo_took:.1?}, whole test {:.1?}",
         started.elapsed()
     );
 }

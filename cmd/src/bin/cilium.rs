@@ -95,7 +95,8 @@ enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
-    /// Check connectivity and policy enforcement on a lab with upstream's scenarios.
+    /// Check connectivity and policy enforcement on a lab (or agents) with upstream's
+    /// scenarios.
     Connectivity {
         /// The lab's directory, as `cilium lab --dir`.
         #[arg(long, global = true, env = "CILIUM_LAB_DIR", default_value = lab::DEFAULT_DIR)]
@@ -107,12 +108,28 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ConnectivityCommand {
-    /// Deploy a test workload in namespace cilium-test on cluster 1, run each scenario (its
-    /// policy applied and realized, then its probes), clean up; exits 1 if any scenario fails.
+    /// Deploy a test workload in namespace cilium-test (cluster 1, and cluster 2 when the lab
+    /// has one), run each scenario (its policy applied and realized, then its probes), check
+    /// the agents' drop counters, clean up; exits 1 if any scenario fails. Scenarios the
+    /// target cannot run are reported as skipped.
     Test {
         /// Run only the scenarios whose name matches this regular expression.
         #[arg(long)]
         test: Option<String>,
+        /// Instead of a lab, the API socket of an agent to check; repeat for every agent.
+        /// Only the read-only checks run (agents healthy, no-unexpected-packet-drops since
+        /// the agents started); scenarios that deploy pods are skipped.
+        #[arg(long = "agent-socket")]
+        agent_sockets: Vec<PathBuf>,
+    },
+    /// Serve a test pod: echo one line back followed by NAME, until killed.
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// What the server answers as (the pod's name).
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -177,20 +194,36 @@ enum LabCommand {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LabPodRuntime {
+    Netns,
+    Podman,
+}
+
 #[derive(Debug, Subcommand)]
 enum PodCommand {
-    /// Create a pod: a network namespace with an endpoint from the node's agent.
+    /// Create a pod with an endpoint from the node's agent: a network namespace, or with
+    /// `--runtime podman` a real container.
     Create {
         name: String,
         /// The node (`c1-n1`, ...).
         #[arg(long)]
         node: String,
-        /// The pod's Kubernetes namespace.
+        /// The pod's Kubernetes namespace (podman pods are always in `default`).
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
         /// A pod label KEY=VALUE; repeatable.
         #[arg(short = 'l', long = "label")]
         labels: Vec<String>,
+        /// netns: a network namespace, and the lab calls cilium-cni. podman: a container run
+        /// by the lab's own podman (busybox rootfs, runc; storage under DIR/podman) whose CNI
+        /// network is cilium-cni with the node's agent; `pod exec` runs inside the container.
+        #[arg(long, value_enum, default_value = "netns")]
+        runtime: LabPodRuntime,
+        /// With --runtime podman: the container's command after `--` (default: a busybox echo
+        /// server on port 80, `nc -ll -p 80 -e /bin/cat`).
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     /// Delete a pod (CNI DEL, then its namespace).
     Delete {
@@ -200,7 +233,8 @@ enum PodCommand {
     },
     /// List the pods: namespace, name, node, IP and security identity.
     List,
-    /// Run a command inside a pod's network namespace: `pod exec NAME -- CMD ARGS...`.
+    /// Run a command inside a pod: `pod exec NAME -- CMD ARGS...` (in its network namespace;
+    /// a podman pod: inside its container).
     Exec {
         name: String,
         #[arg(short = 'n', long)]
@@ -346,18 +380,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lab { dir, command } => lab_command(&dir, command, json),
         Command::Connectivity {
             dir,
-            command: ConnectivityCommand::Test { test },
-        } => connectivity_test(&dir, test.as_deref(), json),
+            command:
+                ConnectivityCommand::Test {
+                    test,
+                    agent_sockets,
+                },
+        } => {
+            let target = if agent_sockets.is_empty() {
+                lab::connectivity::Target::Lab(dir)
+            } else {
+                lab::connectivity::Target::Agents {
+                    sockets: agent_sockets,
+                    bin_dir: bin_dir()?,
+                }
+            };
+            connectivity_test(&target, test.as_deref(), json)
+        }
+        Command::Connectivity {
+            command: ConnectivityCommand::EchoServer { listen, name },
+            ..
+        } => {
+            println!("test pod {name} serving on {listen}");
+            lab::connectivity::serve_echo(listen, &name)?;
+            Ok(())
+        }
     }
 }
 
-fn connectivity_test(dir: &Path, test: Option<&str>, json: bool) -> anyhow::Result<()> {
+fn connectivity_test(
+    target: &lab::connectivity::Target,
+    test: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     let filter = test
         .map(regex::Regex::new)
         .transpose()
         .context("--test is not a valid regular expression")?;
     let report = lab::connectivity::run(
-        dir,
+        target,
         filter.as_ref(),
         &mut |step: &str| eprintln!("{step}"),
         &mut |scenario: &lab::connectivity::ScenarioReport| {
@@ -506,6 +566,8 @@ fn lab_pod(dir: &Path, command: PodCommand, json: bool) -> anyhow::Result<()> {
             node,
             namespace,
             labels,
+            runtime,
+            command,
         } => {
             let spec = lab::PodSpec {
                 name,
@@ -513,15 +575,22 @@ fn lab_pod(dir: &Path, command: PodCommand, json: bool) -> anyhow::Result<()> {
                 node,
                 labels: lab::pod::parse_labels(&labels)?,
             };
-            let pod = lab::create_pod(dir, &spec)?;
+            let pod = match runtime {
+                LabPodRuntime::Netns if !command.is_empty() => {
+                    bail!("a command after `--` needs --runtime podman")
+                }
+                LabPodRuntime::Netns => lab::create_pod(dir, &spec)?,
+                LabPodRuntime::Podman => lab::create_podman_pod(dir, &spec, &command)?,
+            };
             if json {
                 print_json(&pod)?;
             } else {
                 println!(
-                    "pod {}/{} on {}: {}, identity {}",
+                    "pod {}/{} on {} ({}): {}, identity {}",
                     pod.namespace,
                     pod.name,
                     pod.node,
+                    pod.runtime.name(),
                     pod.ip.map_or("-".to_owned(), |ip| ip.to_string()),
                     pod.identity.map_or("-".to_owned(), |id| id.to_string())
                 );
@@ -539,7 +608,15 @@ fn lab_pod(dir: &Path, command: PodCommand, json: bool) -> anyhow::Result<()> {
             }
             let mut table = Table::new();
             table.load_style(NOTHING);
-            table.set_header(["NAMESPACE", "NAME", "NODE", "IP", "IDENTITY", "LABELS"]);
+            table.set_header([
+                "NAMESPACE",
+                "NAME",
+                "NODE",
+                "RUNTIME",
+                "IP",
+                "IDENTITY",
+                "LABELS",
+            ]);
             for pod in pods {
                 let labels: Vec<String> =
                     pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -547,6 +624,7 @@ fn lab_pod(dir: &Path, command: PodCommand, json: bool) -> anyhow::Result<()> {
                     pod.namespace,
                     pod.name,
                     pod.node,
+                    pod.runtime.name().to_owned(),
                     pod.ip.map_or("-".to_owned(), |ip| ip.to_string()),
                     pod.identity.map_or("-".to_owned(), |id| id.to_string()),
                     labels.join(","),

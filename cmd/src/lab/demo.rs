@@ -5,10 +5,12 @@
 //! tiefighter lands, the xwing is turned away.
 //!
 //! Everything goes through the lab's own interfaces, as a user would: pods through
-//! `cilium-cni` ([`create_pod`]), the service and the policy through `cilium service apply` and
-//! `cilium policy apply` into cluster 1's etcd, the deathstars' servers as recorded lab
-//! processes (so `lab down` stops them). Each step first looks for what it would make, so
-//! running the demo again reports what is there instead of failing.
+//! `cilium-cni` ([`create_pod`]); the service and the policy through `cilium service apply` and
+//! `cilium policy apply` into cluster 1's etcd, or, on a lab without etcd (`--kvstore
+//! memory`), through each node agent's REST API with `cilium-dbg service update` and
+//! `cilium-dbg policy import` (the agent holds them in memory); the deathstars' servers as
+//! recorded lab processes (so `lab down` stops them). Each step first looks for what it would
+//! make, so running the demo again reports what is there instead of failing.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -21,9 +23,10 @@ use serde::Serialize;
 
 use super::LabError;
 use super::pod::{PodInfo, PodSpec, create_pod, list_pods, pod_exec_command};
-use super::state::{ClusterRecord, LabLock, LabState};
+use super::state::{ClusterRecord, LabLock, LabState, NodeRecord};
 use super::status::agent_status;
 use super::sys::{self, Spawn};
+use crate::api;
 
 /// The namespace of every demo pod, the service and the policy.
 pub const NAMESPACE: &str = "default";
@@ -33,6 +36,9 @@ pub const SERVICE: &str = "deathstar";
 pub const FRONTEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 100), 80);
 /// The port the deathstars serve on.
 pub const BACKEND_PORT: u16 = 80;
+/// The service id the demo asks each agent for when the cluster has no etcd (`cilium-dbg
+/// service update --id`); an existing service with the demo's frontend keeps its own id.
+pub const AGENT_SERVICE_ID: u16 = 100;
 /// The policy's name, as upstream's.
 pub const POLICY_NAME: &str = "rule1";
 /// The file name of the policy inside `DIR/demo/`.
@@ -128,11 +134,6 @@ impl Ship {
 pub enum DemoError {
     #[error(transparent)]
     Lab(#[from] LabError),
-    #[error(
-        "the demo writes its service and policy to etcd, and cluster {cluster} has none: bring \
-         the lab up with `--kvstore etcd`"
-    )]
-    NoKvstore { cluster: String },
     #[error("the lab has no cluster with nodes: run `cilium lab up` again")]
     NoCluster,
     #[error(
@@ -152,6 +153,8 @@ pub enum DemoError {
     NotListening { pod: String, log: PathBuf },
     #[error("`{command}` failed: {output}")]
     Cli { command: String, output: String },
+    #[error("cannot decode the answer of `{command}`: {reason}")]
+    CliAnswer { command: String, reason: String },
     #[error("pods {pods} got no identity within {READY:?}; see the agents' logs in {logs}")]
     NoIdentity { pods: String, logs: PathBuf },
     #[error(
@@ -207,21 +210,25 @@ pub struct DemoReport {
 pub fn demo(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, DemoError> {
     let state = LabState::require(dir)?;
     let cluster = state.clusters.first().ok_or(DemoError::NoCluster)?.clone();
-    let etcd_config = cluster
-        .etcd_config
-        .clone()
-        .ok_or_else(|| DemoError::NoKvstore {
-            cluster: cluster.name.clone(),
-        })?;
+    let store = match &cluster.etcd_config {
+        Some(config) => Store::Etcd {
+            kvstore_opt: format!("etcd.config={}", config.display()),
+        },
+        None => Store::Agents,
+    };
     let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
     if nodes.is_empty() {
         return Err(DemoError::NoCluster);
     }
 
     progress(&format!(
-        "Star Wars demo on cluster {} ({} node(s))",
+        "Star Wars demo on cluster {} ({} node(s), {})",
         cluster.name,
-        nodes.len()
+        nodes.len(),
+        match store {
+            Store::Etcd { .. } => "service and policy through etcd",
+            Store::Agents => "no etcd: service and policy through each agent's API",
+        }
     ));
     let mut created_any = false;
     let mut pods = Vec::new();
@@ -264,36 +271,7 @@ pub fn demo(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, De
         backends.push(SocketAddrV4::new(ip, BACKEND_PORT));
     }
 
-    let kvstore_opt = format!("etcd.config={}", etcd_config.display());
     let backend_list: Vec<String> = backends.iter().map(ToString::to_string).collect();
-    let applied = cilium(
-        &state,
-        &[
-            "service",
-            "apply",
-            "--kvstore-opt",
-            &kvstore_opt,
-            "--cluster-name",
-            &cluster.name,
-            "--cluster-id",
-            &cluster.id.to_string(),
-            "--namespace",
-            NAMESPACE,
-            "--name",
-            SERVICE,
-            "--frontend",
-            &FRONTEND.to_string(),
-            "--backends",
-            &backend_list.join(","),
-        ],
-    )?;
-    created_any |= !applied.contains("unchanged");
-    progress(&format!(
-        "  service {NAMESPACE}/{SERVICE} {FRONTEND} -> {}: {}",
-        backend_list.join(", "),
-        applied.trim()
-    ));
-
     let demo_dir = state.dir.join("demo");
     std::fs::create_dir_all(&demo_dir).map_err(|e| LabError::Io {
         action: "create",
@@ -306,19 +284,67 @@ pub fn demo(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, De
         path: policy_file.clone(),
         source: e,
     })?;
-    let applied = cilium(
-        &state,
-        &[
-            "policy",
-            "apply",
-            "--kvstore-opt",
-            &kvstore_opt,
-            "-f",
-            &policy_file.display().to_string(),
-        ],
-    )?;
-    created_any |= !applied.contains("unchanged");
-    progress(&format!("  policy {}", applied.trim()));
+    match &store {
+        Store::Etcd { kvstore_opt } => {
+            let applied = cilium(
+                &state,
+                &[
+                    "service",
+                    "apply",
+                    "--kvstore-opt",
+                    kvstore_opt,
+                    "--cluster-name",
+                    &cluster.name,
+                    "--cluster-id",
+                    &cluster.id.to_string(),
+                    "--namespace",
+                    NAMESPACE,
+                    "--name",
+                    SERVICE,
+                    "--frontend",
+                    &FRONTEND.to_string(),
+                    "--backends",
+                    &backend_list.join(","),
+                ],
+            )?;
+            created_any |= !applied.contains("unchanged");
+            progress(&format!(
+                "  service {NAMESPACE}/{SERVICE} {FRONTEND} -> {}: {}",
+                backend_list.join(", "),
+                applied.trim()
+            ));
+            let applied = cilium(
+                &state,
+                &[
+                    "policy",
+                    "apply",
+                    "--kvstore-opt",
+                    kvstore_opt,
+                    "-f",
+                    &policy_file.display().to_string(),
+                ],
+            )?;
+            created_any |= !applied.contains("unchanged");
+            progress(&format!("  policy {}", applied.trim()));
+        }
+        Store::Agents => {
+            for node in &cluster.nodes {
+                let outcome = ensure_agent_service(&state, node, &backends)?;
+                created_any |= outcome != "unchanged";
+                progress(&format!(
+                    "  service {NAMESPACE}/{SERVICE} {FRONTEND} -> {} on agent {}: {outcome}",
+                    backend_list.join(", "),
+                    node.name
+                ));
+                let outcome = ensure_agent_policy(&state, node, &policy_file)?;
+                created_any |= outcome != "unchanged";
+                progress(&format!(
+                    "  policy {NAMESPACE}/{POLICY_NAME} on agent {}: {outcome}",
+                    node.name
+                ));
+            }
+        }
+    }
 
     progress("waiting for the ships' identities...");
     let pods = wait_identities(dir, pods)?;
@@ -344,7 +370,7 @@ pub fn demo(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, De
     };
     progress(&format!("  turned away: {}", xwing.trim()));
 
-    let next_steps = next_steps(&state, &cluster, &kvstore_opt);
+    let next_steps = next_steps(&state, &cluster, &store);
     Ok(DemoReport {
         pods,
         service: format!("{NAMESPACE}/{SERVICE}"),
@@ -357,6 +383,143 @@ pub fn demo(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<DemoReport, De
         xwing: xwing.trim().to_owned(),
         next_steps,
     })
+}
+
+/// Where the demo's service and policy go.
+enum Store {
+    /// Cluster 1's etcd, through the cluster CLI (`--kvstore-opt`).
+    Etcd { kvstore_opt: String },
+    /// No etcd: every agent of the cluster, through its REST API.
+    Agents,
+}
+
+/// Runs the lab's `cilium-dbg` against `node`'s agent socket (the agent's REST API); its
+/// stdout.
+fn dbg(state: &LabState, node: &NodeRecord, args: &[&str]) -> Result<String, DemoError> {
+    let program = state.bin_dir.join("cilium-dbg");
+    let out = Command::new(&program)
+        .env_remove("CILIUM_SOCK")
+        .arg("-H")
+        .arg(format!("unix://{}", node.socket.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| LabError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(DemoError::Cli {
+            command: format!(
+                "cilium-dbg -H unix://{} {}",
+                node.socket.display(),
+                args.join(" ")
+            ),
+            output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `cilium-dbg ARGS -o json` against `node`'s agent, decoded.
+fn dbg_json<T: serde::de::DeserializeOwned>(
+    state: &LabState,
+    node: &NodeRecord,
+    args: &[&str],
+) -> Result<T, DemoError> {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["-o", "json"]);
+    let out = dbg(state, node, &all)?;
+    serde_json::from_str(&out).map_err(|e| DemoError::CliAnswer {
+        command: format!("cilium-dbg {}", all.join(" ")),
+        reason: e.to_string(),
+    })
+}
+
+/// Puts the deathstar service into `node`'s agent (`PUT /service/{id}`) unless the agent has
+/// it with exactly these backends; says what it did.
+fn ensure_agent_service(
+    state: &LabState,
+    node: &NodeRecord,
+    backends: &[SocketAddrV4],
+) -> Result<&'static str, DemoError> {
+    let services: Vec<api::Service> = dbg_json(state, node, &["service", "list"])?;
+    let existing = services.iter().find(|s| {
+        s.spec.frontend_address.ip == *FRONTEND.ip()
+            && s.spec.frontend_address.port == FRONTEND.port()
+    });
+    let wanted: std::collections::BTreeSet<SocketAddrV4> = backends.iter().copied().collect();
+    if let Some(service) = existing {
+        let have: std::collections::BTreeSet<SocketAddrV4> = service
+            .spec
+            .backend_addresses
+            .iter()
+            .map(api::BackendAddress::socket_addr)
+            .collect();
+        if have == wanted {
+            return Ok("unchanged");
+        }
+    }
+    let id = existing.map_or(AGENT_SERVICE_ID, |s| s.spec.id).to_string();
+    let list: Vec<String> = backends.iter().map(ToString::to_string).collect();
+    dbg(
+        state,
+        node,
+        &[
+            "service",
+            "update",
+            "--id",
+            &id,
+            "--frontend",
+            &FRONTEND.to_string(),
+            "--backends",
+            &list.join(","),
+        ],
+    )?;
+    Ok(if existing.is_some() {
+        "updated"
+    } else {
+        "created"
+    })
+}
+
+/// Whether the rules the agent dumps (`GET /policy`, a JSON array) hold one labelled with
+/// the demo policy's name.
+fn holds_demo_policy(rules: &serde_json::Value) -> bool {
+    let named = |label: &serde_json::Value| {
+        label["key"] == model::policy::POLICY_LABEL_NAME && label["value"] == POLICY_NAME
+    };
+    rules.as_array().is_some_and(|rules| {
+        rules.iter().any(|rule| {
+            rule["labels"]
+                .as_array()
+                .is_some_and(|labels| labels.iter().any(named))
+        })
+    })
+}
+
+/// Imports the demo policy into `node`'s agent (`PUT /policy`) unless it holds it already;
+/// says what it did.
+fn ensure_agent_policy(
+    state: &LabState,
+    node: &NodeRecord,
+    file: &Path,
+) -> Result<&'static str, DemoError> {
+    let policy: api::Policy = dbg_json(state, node, &["policy", "get"])?;
+    let rules: serde_json::Value =
+        serde_json::from_str(&policy.policy).map_err(|e| DemoError::CliAnswer {
+            command: "cilium-dbg policy get".to_owned(),
+            reason: e.to_string(),
+        })?;
+    if holds_demo_policy(&rules) {
+        return Ok("unchanged");
+    }
+    dbg(
+        state,
+        node,
+        &["policy", "import", &file.display().to_string()],
+    )?;
+    Ok("imported")
 }
 
 /// The ship's pod: the one there (if its labels are the demo's) or a new one on `node`.
@@ -382,6 +545,7 @@ fn ensure_pod(state: &LabState, ship: &Ship, node: &str) -> Result<(PodInfo, boo
             identity: None,
             labels: existing.labels.clone(),
             netns: existing.netns.clone(),
+            runtime: existing.runtime,
         };
         return Ok((info, false));
     }
@@ -592,7 +756,7 @@ fn land(dir: &Path, state: &LabState) -> Result<String, DemoError> {
     }
 }
 
-fn next_steps(state: &LabState, cluster: &ClusterRecord, kvstore_opt: &str) -> Vec<String> {
+fn next_steps(state: &LabState, cluster: &ClusterRecord, store: &Store) -> Vec<String> {
     let cilium = state.bin_dir.join("cilium").display().to_string();
     let dir = state.dir.display();
     let mut steps = vec![
@@ -617,22 +781,26 @@ fn next_steps(state: &LabState, cluster: &ClusterRecord, kvstore_opt: &str) -> V
              {NAMESPACE}/xwing --verdict DROPPED"
         ));
     }
+    let dbg = state.bin_dir.join("cilium-dbg").display().to_string();
     if let Some(node) = cluster.nodes.first() {
+        let socket = node.socket.display();
+        steps.push(format!("{dbg} -H unix://{socket} endpoint list"));
+        if let Store::Agents = store {
+            steps.push(format!("{dbg} -H unix://{socket} policy get"));
+            steps.push(format!("{dbg} -H unix://{socket} service list"));
+        }
+    }
+    if let Store::Etcd { kvstore_opt } = store {
+        let underlay = &state.underlay;
         steps.push(format!(
-            "{} -H unix://{} endpoint list",
-            state.bin_dir.join("cilium-dbg").display(),
-            node.socket.display()
+            "ip netns exec {underlay} {cilium} policy list --kvstore-opt {kvstore_opt}"
+        ));
+        steps.push(format!(
+            "ip netns exec {underlay} {cilium} service list --kvstore-opt {kvstore_opt} \
+             --cluster-name {}",
+            cluster.name
         ));
     }
-    let underlay = &state.underlay;
-    steps.push(format!(
-        "ip netns exec {underlay} {cilium} policy list --kvstore-opt {kvstore_opt}"
-    ));
-    steps.push(format!(
-        "ip netns exec {underlay} {cilium} service list --kvstore-opt {kvstore_opt} \
-         --cluster-name {}",
-        cluster.name
-    ));
     steps
 }
 
@@ -646,6 +814,24 @@ mod tests {
             crate::cluster_cli::policy::parse_policies(L3_L4_POLICY).expect("supported policy");
         let names: Vec<&str> = documents.iter().map(|d| d.name()).collect();
         assert_eq!(names, vec![POLICY_NAME]);
+    }
+
+    #[test]
+    fn the_demo_policy_is_found_by_its_name_label() {
+        let rules = serde_json::json!([{
+            "endpointSelector": {},
+            "labels": [
+                {"source": "k8s", "key": "io.cilium.k8s.policy.name", "value": "rule1"},
+                {"source": "k8s", "key": "io.cilium.k8s.policy.namespace", "value": "default"}
+            ]
+        }]);
+        assert!(holds_demo_policy(&rules));
+        let other = serde_json::json!([{
+            "labels": [{"source": "k8s", "key": "io.cilium.k8s.policy.name", "value": "rule2"}]
+        }]);
+        assert!(!holds_demo_policy(&other));
+        assert!(!holds_demo_policy(&serde_json::json!([])));
+        assert!(!holds_demo_policy(&serde_json::json!({"labels": []})));
     }
 
     #[test]

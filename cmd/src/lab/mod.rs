@@ -10,18 +10,23 @@
 //!   mounted at `DIR/nodes/cK-nM/bpf` and an agent with Hubble enabled.
 //! - `N-external`: the world outside the clusters, behind the underlay on 192.168.100.0/24,
 //!   with an echo server on [`EXTERNAL_ECHO`] so world and CIDR policies can be tried locally.
-//! - `N-pod-NAMESPACE-NAME`: one namespace per pod made by `cilium lab pod create`.
+//! - `N-pod-NAMESPACE-NAME`: one namespace per pod made by `cilium lab pod create`; a pod made
+//!   with `--runtime podman` is a container in the namespace podman made (`netns-...`), with
+//!   podman's storage and state under `DIR/podman` (see [`podman`]).
 //!
 //! Every namespace, mount and process is written to `DIR/state.json` *before* it is created,
-//! so `cilium lab down` can undo a lab whose `up` crashed half-way. Every link lives inside a
-//! lab namespace and goes with it. Processes are detached (own session, output in
-//! `DIR/logs/`), found again by PID and start time, and stopped by PID only.
+//! so `cilium lab down` can undo a lab whose `up` crashed half-way; `down` also sweeps every
+//! mount left under `DIR`. Every link lives inside a lab namespace and goes with it. Processes
+//! are detached (own session, output in `DIR/logs/`), found again by PID and start time, and
+//! stopped by PID only.
 //!
 //! # Modules
 //! - [`state`]: the state file and the records in it.
 //! - [`sys`]: the system calls of the lab: `ip`, mounts, detached processes, signals.
 //! - [`up`] / [`down`] / [`status`]: bringing the lab up, tearing it down, reporting on it.
-//! - [`pod`]: pods through `cilium-cni`, as a container runtime makes them.
+//! - [`pod`]: pods through `cilium-cni`, as a container runtime makes them, or made by a real
+//!   container runtime.
+//! - [`podman`]: the lab's private podman, for pods that are real containers.
 //! - [`connectivity`]: `cilium connectivity test`, upstream's scenarios against cluster 1.
 //! - [`demo`]: the Star Wars demo (`cilium lab demo`) with upstream's L3/L4 policy.
 //! - [`echo`]: the TCP echo server and client the lab uses as its world and its probes.
@@ -31,6 +36,7 @@ pub mod demo;
 pub mod down;
 pub mod echo;
 pub mod pod;
+pub mod podman;
 pub mod state;
 pub mod status;
 pub mod sys;
@@ -42,8 +48,10 @@ use std::time::Duration;
 
 pub use demo::{DemoError, DemoReport, demo};
 pub use down::down;
-pub use pod::{PodInfo, PodSpec, create_pod, delete_pod, list_pods, pod_exec_command};
-pub use state::{KvstoreKind, LabState, RoutingMode};
+pub use pod::{
+    PodInfo, PodSpec, create_pod, create_podman_pod, delete_pod, list_pods, pod_exec_command,
+};
+pub use state::{KvstoreKind, LabState, PodRuntime, RoutingMode};
 pub use status::{LabStatus, status};
 pub use up::{LabOptions, up};
 
@@ -86,6 +94,17 @@ pub enum LabError {
     Command { command: String, stderr: String },
     #[error("{binary} not found at {path}: build the workspace (`cargo build --bins`)")]
     MissingBinary { binary: &'static str, path: PathBuf },
+    #[error("{tool} not found: install the Debian package {package} (scripts/install-prereqs.sh)")]
+    MissingTool {
+        tool: &'static str,
+        package: &'static str,
+    },
+    #[error("`podman {action}` failed: {output}; check {hint}")]
+    Podman {
+        action: String,
+        output: String,
+        hint: &'static str,
+    },
     #[error("a lab is already recorded in {state}: run `cilium lab down --dir {dir}` first")]
     AlreadyUp { state: PathBuf, dir: PathBuf },
     #[error("no lab in {dir}: run `cilium lab up --dir {dir}` first")]

@@ -1,6 +1,7 @@
 //! `cilium lab pod`: pods made the way a container runtime makes them, a network namespace
 //! plus `cilium-cni` ADD against the node's agent, with the pod's namespace, name and labels
-//! in the CNI arguments; and `exec` into them.
+//! in the CNI arguments; or made by a real container runtime (`--runtime podman`, see
+//! [`super::podman`]) that calls `cilium-cni` itself; and `exec` into either.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,9 +11,9 @@ use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
-use super::state::{LabLock, LabState, NodeRecord, PodRecord};
+use super::state::{LabLock, LabState, NodeRecord, PodRecord, PodRuntime, ProcessRecord};
 use super::up::valid_name;
-use super::{LabError, sys};
+use super::{LabError, podman, sys};
 use crate::api;
 
 /// What `pod create` makes.
@@ -36,6 +37,8 @@ pub struct PodInfo {
     pub identity: Option<u32>,
     pub labels: BTreeMap<String, String>,
     pub netns: String,
+    /// What made the pod (`netns` or `podman`).
+    pub runtime: PodRuntime,
 }
 
 /// Parses `KEY=VALUE` pod labels.
@@ -179,6 +182,8 @@ pub fn create_pod(dir: &Path, spec: &PodSpec) -> Result<PodInfo, LabError> {
         container_id: container_id(&spec.namespace, &spec.name),
         labels: spec.labels.clone(),
         ip: None,
+        runtime: PodRuntime::Netns,
+        network: None,
     };
     state.pods.push(pod.clone());
     sys::add_netns(&mut state, &pod.netns)?;
@@ -202,6 +207,121 @@ pub fn create_pod(dir: &Path, spec: &PodSpec) -> Result<PodInfo, LabError> {
         .find(|p| p.container_id == pod.container_id)
     {
         *slot = pod.clone();
+    }
+    state.save()?;
+    let identity = endpoints(&state, &node)
+        .ok()
+        .and_then(|eps| identity_of(&eps, &pod));
+    Ok(info(&pod, identity))
+}
+
+/// The component names of a podman pod's processes in the state file.
+fn podman_components(pod: &PodRecord) -> [String; 2] {
+    [
+        format!("podman {}/{}", pod.namespace, pod.name),
+        format!("conmon {}/{}", pod.namespace, pod.name),
+    ]
+}
+
+/// Creates the pod as a container run by the lab's podman on a CNI network of its own whose
+/// plugin is `cilium-cni` with the node's agent socket and the pod's labels. `command` runs in
+/// the container (empty: [`podman::DEFAULT_COMMAND`], an echo server on port 80). Podman
+/// passes CNI no pod namespace, so the agent puts the pod in `default`, as upstream does for
+/// containers outside Kubernetes: other namespaces are refused.
+pub fn create_podman_pod(
+    dir: &Path,
+    spec: &PodSpec,
+    command: &[String],
+) -> Result<PodInfo, LabError> {
+    valid_name("pod name", &spec.name)?;
+    if spec.namespace != "default" {
+        return Err(LabError::InvalidOption {
+            what: "namespace of a podman pod",
+            value: spec.namespace.clone(),
+            reason: "podman passes no pod namespace to CNI, so the agent puts its containers in \
+                     `default`: leave out --namespace, or use --runtime netns",
+        });
+    }
+    let _lock = LabLock::acquire(dir)?;
+    let mut state = LabState::require(dir)?;
+    let node = state.node(&spec.node)?.clone();
+    if state
+        .pods
+        .iter()
+        .any(|p| p.name == spec.name && p.namespace == spec.namespace)
+    {
+        return Err(LabError::PodExists {
+            namespace: spec.namespace.clone(),
+            name: spec.name.clone(),
+        });
+    }
+    let record = podman::prepare(&mut state)?;
+    let network = format!("{}-{}-{}", state.name, spec.namespace, spec.name);
+    let mut pod = PodRecord {
+        name: spec.name.clone(),
+        namespace: spec.namespace.clone(),
+        node: node.name.clone(),
+        netns: String::new(),
+        container_id: String::new(),
+        labels: spec.labels.clone(),
+        ip: None,
+        runtime: PodRuntime::Podman,
+        network: Some(network.clone()),
+    };
+    // Recorded before podman runs: `down` removes whatever podman made even if this dies.
+    state.pods.push(pod.clone());
+    state.save()?;
+    podman::write_network(&record, &network, &node, &pod)?;
+    let log = state
+        .dir
+        .join("logs")
+        .join(format!("pod-{}-{}.log", pod.namespace, pod.name));
+    let started = podman::start(&record, &pod, &network, &log, command)
+        .and_then(|id| podman::inspect(&record, &id, &network).map(|running| (id, running)));
+    let (id, running) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            // Nothing half-made stays behind: `rm` runs CNI DEL for whatever ADD made.
+            let _ = podman::run(&record, &["rm", "--force", "--time", "0", &pod.name]);
+            let _ = std::fs::remove_file(podman::network_file(&record, &network));
+            state
+                .pods
+                .retain(|p| p.name != pod.name || p.namespace != pod.namespace);
+            state.save()?;
+            return Err(match e {
+                LabError::Podman { action, output, .. } => LabError::Cni {
+                    command: "ADD (through podman)",
+                    pod: format!("{}/{}", pod.namespace, pod.name),
+                    output: format!("`podman {action}`: {output}"),
+                    log: state
+                        .dir
+                        .join("logs")
+                        .join(format!("agent-{}.log", node.name)),
+                },
+                other => other,
+            });
+        }
+    };
+    pod.container_id = id;
+    pod.netns = running.netns.clone();
+    pod.ip = Some(running.ip);
+    if let Some(slot) = state
+        .pods
+        .iter_mut()
+        .find(|p| p.name == pod.name && p.namespace == pod.namespace)
+    {
+        *slot = pod.clone();
+    }
+    state.record_netns(&running.netns)?;
+    let [container, conmon] = podman_components(&pod);
+    for (component, pid) in [(container, running.pid), (conmon, running.conmon)] {
+        state.processes.retain(|p| p.component != component);
+        state.processes.push(ProcessRecord {
+            component,
+            pid: Some(pid),
+            start_time: sys::start_time(pid),
+            log: log.clone(),
+        });
     }
     state.save()?;
     let identity = endpoints(&state, &node)
@@ -242,9 +362,32 @@ pub fn delete_pod(dir: &Path, name: &str, namespace: Option<&str>) -> Result<(),
     let mut state = LabState::require(dir)?;
     let pod = find_pod(&state, name, namespace)?.clone();
     let node = state.node(&pod.node)?.clone();
-    cni(&state, &node, "DEL", &pod)?;
-    sys::del_netns(&pod.netns)?;
-    state.pods.retain(|p| p.container_id != pod.container_id);
+    match pod.runtime {
+        PodRuntime::Netns => {
+            cni(&state, &node, "DEL", &pod)?;
+            sys::del_netns(&pod.netns)?;
+        }
+        PodRuntime::Podman => {
+            let record = state.podman.clone().ok_or_else(|| LabError::NotUp {
+                dir: dir.to_owned(),
+            })?;
+            // `rm` stops the container and runs CNI DEL, which removes its endpoint.
+            podman::run(&record, &["rm", "--force", "--time", "0", &pod.name])?;
+            if let Some(network) = &pod.network {
+                let file = podman::network_file(&record, network);
+                if file.exists() {
+                    std::fs::remove_file(&file).map_err(|e| LabError::io("remove", &file, e))?;
+                }
+            }
+            let components = podman_components(&pod);
+            state
+                .processes
+                .retain(|p| !components.contains(&p.component));
+        }
+    }
+    state
+        .pods
+        .retain(|p| p.name != pod.name || p.namespace != pod.namespace);
     state.netns.retain(|n| *n != pod.netns);
     state.save()
 }
@@ -282,6 +425,7 @@ fn info(pod: &PodRecord, identity: Option<u32>) -> PodInfo {
         identity,
         labels: pod.labels.clone(),
         netns: pod.netns.clone(),
+        runtime: pod.runtime,
     }
 }
 
@@ -306,7 +450,8 @@ pub fn list_pods(dir: &Path) -> Result<Vec<PodInfo>, LabError> {
         .collect())
 }
 
-/// `ip netns exec POD-NETNS COMMAND...`, for the caller to run (or exec into).
+/// `ip netns exec POD-NETNS COMMAND...` (a podman pod: `podman exec -i CONTAINER
+/// COMMAND...`, inside the container), for the caller to run (or exec into).
 pub fn pod_exec_command(
     dir: &Path,
     name: &str,
@@ -321,6 +466,12 @@ pub fn pod_exec_command(
             value: String::new(),
             reason: "give the command after `--`",
         });
+    }
+    if pod.runtime == PodRuntime::Podman {
+        let record = state.podman.as_ref().ok_or_else(|| LabError::NotUp {
+            dir: dir.to_owned(),
+        })?;
+        return Ok(podman::exec_command(record, &pod.container_id, command));
     }
     let mut exec = Command::new("ip");
     exec.args(["netns", "exec", &pod.netns]).args(command);

@@ -123,6 +123,27 @@ pub struct ClusterRecord {
     pub nodes: Vec<NodeRecord>,
 }
 
+/// What made a pod: both call `cilium-cni` against the node's agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodRuntime {
+    /// A bare network namespace made by the lab, which calls `cilium-cni` itself.
+    #[default]
+    Netns,
+    /// A real container run by podman (busybox rootfs, runc), which calls `cilium-cni`
+    /// through its CNI backend.
+    Podman,
+}
+
+impl PodRuntime {
+    pub fn name(self) -> &'static str {
+        match self {
+            PodRuntime::Netns => "netns",
+            PodRuntime::Podman => "podman",
+        }
+    }
+}
+
 /// A pod made through `cilium-cni`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodRecord {
@@ -130,11 +151,30 @@ pub struct PodRecord {
     pub namespace: String,
     /// The node's name (`cK-nM`).
     pub node: String,
+    /// The pod's network namespace under /var/run/netns: the lab's own, or the one podman
+    /// made (`netns-...`; empty until the container runs).
     pub netns: String,
+    /// The CNI container id: the lab's `lab-NS-NAME`, or podman's container id (empty until
+    /// the container runs).
     pub container_id: String,
     pub labels: BTreeMap<String, String>,
     /// Known once CNI ADD succeeded.
     pub ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub runtime: PodRuntime,
+    /// The podman network (its CNI config `DIR/podman/net.d/NETWORK.conflist`) of a podman pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+/// The lab's private podman: storage, run state, locks, CNI config and rootfs under `dir`,
+/// containers under the cgroup `cgroup_parent`. Recorded before podman first runs, so `down`
+/// removes the containers and everything of podman's even after a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodmanRecord {
+    pub dir: PathBuf,
+    /// `/cilium-lab-NAME`, below the root of every cgroup hierarchy.
+    pub cgroup_parent: String,
 }
 
 /// Everything `status`, `pod` and `down` need to know about a lab.
@@ -157,6 +197,9 @@ pub struct LabState {
     pub mounts: Vec<PathBuf>,
     pub processes: Vec<ProcessRecord>,
     pub pods: Vec<PodRecord>,
+    /// The lab's podman, once a podman pod was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub podman: Option<PodmanRecord>,
 }
 
 impl LabState {
@@ -271,6 +314,7 @@ mod tests {
             mounts: vec![],
             processes: vec![],
             pods: vec![],
+            podman: None,
         }
     }
 
@@ -288,6 +332,33 @@ mod tests {
         assert_eq!(loaded.node("c1-n1").expect("node").ip.octets()[3], 11);
         let unknown = loaded.node("c9-n9").expect_err("no such node");
         assert!(unknown.to_string().contains("c1-n1"), "{unknown}");
+    }
+
+    #[test]
+    fn a_state_file_from_before_podman_pods_still_loads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut state = sample(dir.path());
+        state.pods.push(PodRecord {
+            name: "web".to_owned(),
+            namespace: "default".to_owned(),
+            node: "c1-n1".to_owned(),
+            netns: "lab-pod-default-web".to_owned(),
+            container_id: "lab-default-web".to_owned(),
+            labels: BTreeMap::new(),
+            ip: None,
+            runtime: PodRuntime::Netns,
+            network: None,
+        });
+        let mut json = serde_json::to_value(&state).expect("encode");
+        json.as_object_mut().expect("object").remove("podman");
+        json["pods"][0]
+            .as_object_mut()
+            .expect("pod object")
+            .remove("runtime");
+        std::fs::write(LabState::path(dir.path()), json.to_string()).expect("write");
+        let loaded = LabState::require(dir.path()).expect("old state loads");
+        assert_eq!(loaded, state);
+        assert_eq!(loaded.pods[0].runtime, PodRuntime::Netns);
     }
 
     #[test]

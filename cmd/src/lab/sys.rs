@@ -120,16 +120,116 @@ pub fn tcp_open_in(netns: &str, addr: std::net::SocketAddr, timeout: Duration) -
     .unwrap_or(false)
 }
 
-/// Whether something is mounted at `path` (per `/proc/mounts`).
+/// Whether something is mounted at `path` (per `/proc/self/mountinfo`).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
-        return false;
+    mount_points().iter().any(|m| m == path)
+}
+
+/// Undoes the octal escapes (`\040` for a space) the kernel writes into mount paths.
+fn unescape_mount_path(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| b == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match octal {
+            Some(decoded) => {
+                out.push(decoded);
+                i += 4;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&out),
+    ))
+}
+
+/// Every mount point at or below `dir` (per `/proc/self/mountinfo`), deepest first, so each
+/// can be unmounted in order: what `down` sweeps after the recorded mounts, to catch mounts
+/// the lab did not make itself (podman's per-container shm) or made before a crash.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mount_points()
+        .into_iter()
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// Every mount point of this mount namespace, unescaped.
+fn mount_points() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .map(unescape_mount_path)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The processes (other than this one) whose command line names `path`: podman's conmon and
+/// the `podman container cleanup` it starts carry the lab's podman directory in theirs.
+pub fn pids_naming(path: &Path) -> Vec<ProcessId> {
+    let needle = path.as_os_str().as_encoded_bytes();
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
     };
-    let wanted = path.to_string_lossy();
-    mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .any(|mount_point| mount_point == wanted)
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| u32::try_from(*pid).is_ok_and(|p| p != own))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| !needle.is_empty() && c.windows(needle.len()).any(|w| w == needle))
+        })
+        .map(ProcessId)
+        .filter(|pid| alive(*pid, None))
+        .collect()
+}
+
+/// Removes the cgroup `parent` (`/name`) and everything below it in every hierarchy under
+/// /sys/fs/cgroup; its processes must be gone. Cgroup directories hold only control files,
+/// which go with their directory, so they are removed bottom-up with `rmdir`.
+pub fn remove_cgroup(parent: &str) -> Result<(), LabError> {
+    fn remove_tree(dir: &Path) -> Result<(), LabError> {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_tree(&entry.path())?;
+                }
+            }
+        }
+        match std::fs::remove_dir(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LabError::io("remove the cgroup", dir, e)),
+        }
+    }
+    let relative = parent.trim_start_matches('/');
+    if relative.is_empty() {
+        return Ok(());
+    }
+    let roots = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|entries| entries.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    // cgroup v2 alone has its controllers' files at the top: the root itself is a hierarchy.
+    for root in std::iter::once(PathBuf::from("/sys/fs/cgroup")).chain(roots) {
+        let dir = root.join(relative);
+        if dir.is_dir() {
+            remove_tree(&dir)?;
+        }
+    }
+    Ok(())
 }
 
 /// Records and mounts a fresh bpffs at `path`, which pins outlive the agent on.
@@ -312,6 +412,49 @@ mod tests {
         assert!(left.is_empty(), "still running: {left:?}");
         let status = reaper.join().expect("reaper").expect("wait");
         assert!(!status.success());
+    }
+
+    #[test]
+    fn mount_paths_lose_their_octal_escapes() {
+        assert_eq!(
+            unescape_mount_path("/run/a\\040b/c"),
+            PathBuf::from("/run/a b/c")
+        );
+        assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
+        assert_eq!(unescape_mount_path("/x\\9"), PathBuf::from("/x\\9"));
+        assert_eq!(unescape_mount_path("/end\\"), PathBuf::from("/end\\"));
+    }
+
+    #[test]
+    fn mounts_under_finds_proc_and_not_a_sibling() {
+        let found = mounts_under(Path::new("/proc"));
+        assert_eq!(found.last(), Some(&PathBuf::from("/proc")), "{found:?}");
+        assert!(mounts_under(Path::new("/pro")).is_empty());
+    }
+
+    #[test]
+    fn pids_naming_finds_a_child_by_its_argument() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let marker = dir.path().join("marker");
+        // `; true` keeps the shell from exec'ing sleep, so its argument stays in view.
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30; true"])
+            .arg(&marker)
+            .spawn()
+            .expect("sh");
+        let pid = ProcessId(i32::try_from(child.id()).expect("pid"));
+        // The spawn returns while exec may still be setting up the new command line.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut found = pids_naming(&marker);
+        while !found.contains(&pid) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+            found = pids_naming(&marker);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        // The shell's fork for `sleep` may show the same command line until it execs.
+        assert!(found.contains(&pid), "{found:?} lacks {pid}");
+        assert!(pids_naming(&dir.path().join("no-such-marker")).is_empty());
     }
 
     #[test]

@@ -186,6 +186,7 @@ fn plan(options: &LabOptions, dir: &Path) -> LabState {
         mounts: Vec::new(),
         processes: Vec::new(),
         pods: Vec::new(),
+        podman: None,
     }
 }
 
