@@ -14,7 +14,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-cilium=target/debug/cilium
+# Cargo puts the binaries under $CARGO_TARGET_DIR when it is set.
+cilium="${CARGO_TARGET_DIR:-target}/debug/cilium"
 name="e2e-$$"
 dir=$(mktemp -d /var/run/cilium-lab-e2e.XXXXXX)
 export CILIUM_LAB_DIR="$dir"

@@ -19,7 +19,8 @@ scripts/install-prereqs.sh
 
 echo "==> building the binaries (cargo build -p cmd --bins)"
 cargo build --locked -p cmd --bins
-cilium=target/debug/cilium
+# Cargo puts the binaries under $CARGO_TARGET_DIR when it is set.
+cilium="${CARGO_TARGET_DIR:-target}/debug/cilium"
 
 args=("$@")
 # The memory kvstore runs one node of one cluster; etcd labs get CLUSTERS x NODES.
