@@ -16,9 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use model::collections::compact_grown;
+
 use crate::api::{
-    CtGcStats, Datapath, DatapathError, EndpointAttachment, EndpointId, MapKey, MapName, MapValue,
-    MetricDirection, MetricEntry,
+    CtGcStats, Datapath, DatapathError, EndpointAttachment, EndpointId, IpcacheKey, MapKey,
+    MapName, MapValue, MetricDirection, MetricEntry, RemoteEndpointInfo,
 };
 
 /// The conntrack clock of a fresh fake, in seconds: a machine that has been up for a while, so
@@ -74,9 +76,110 @@ pub struct LogEntry {
 
 type MetricKey = (u8, MetricDirection, u16, u8);
 
+/// One map's entries. The ipcache map, the one that grows with the cluster (an entry per
+/// address of the cluster on every node, millions in a simulation), keeps its entries in their
+/// own types: 43 bytes per entry where the generic key and value take 68.
+#[derive(Debug)]
+enum Table {
+    Ipcache {
+        entries: BTreeMap<IpcacheKey, RemoteEndpointInfo>,
+        /// The number of entries at the last rebuild (see [`compact_grown`]).
+        built: usize,
+    },
+    Generic(BTreeMap<MapKey, MapValue>),
+}
+
+impl Table {
+    fn for_map(map: MapName) -> Self {
+        match map {
+            MapName::Ipcache => Table::Ipcache {
+                entries: BTreeMap::new(),
+                built: 0,
+            },
+            _ => Table::Generic(BTreeMap::new()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Table::Ipcache { entries, .. } => entries.len(),
+            Table::Generic(entries) => entries.len(),
+        }
+    }
+
+    fn get(&self, key: &MapKey) -> Option<MapValue> {
+        match (self, key) {
+            (Table::Ipcache { entries, .. }, MapKey::Ipcache(key)) => {
+                entries.get(key).copied().map(MapValue::Ipcache)
+            }
+            (Table::Generic(entries), key) => entries.get(key).copied(),
+            (Table::Ipcache { .. }, _) => None,
+        }
+    }
+
+    fn contains_key(&self, key: &MapKey) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Inserts an entry whose key and value belong to this map (the caller checked both).
+    fn insert(&mut self, key: MapKey, value: MapValue) {
+        match (self, key, value) {
+            (Table::Ipcache { entries, built }, MapKey::Ipcache(key), MapValue::Ipcache(value)) => {
+                if entries.insert(key, value).is_none() {
+                    compact_grown(entries, built);
+                }
+            }
+            (Table::Generic(entries), key, value) => {
+                entries.insert(key, value);
+            }
+            (Table::Ipcache { .. }, key, _) => {
+                tracing::error!(%key, "fake datapath: a non-ipcache entry aimed at the ipcache map");
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &MapKey) -> bool {
+        match (self, key) {
+            (Table::Ipcache { entries, .. }, MapKey::Ipcache(key)) => entries.remove(key).is_some(),
+            (Table::Generic(entries), key) => entries.remove(key).is_some(),
+            (Table::Ipcache { .. }, _) => false,
+        }
+    }
+
+    fn pop_first(&mut self) {
+        match self {
+            Table::Ipcache { entries, .. } => {
+                entries.pop_first();
+            }
+            Table::Generic(entries) => {
+                entries.pop_first();
+            }
+        }
+    }
+
+    fn to_vec(&self) -> Vec<(MapKey, MapValue)> {
+        match self {
+            Table::Ipcache { entries, .. } => entries
+                .iter()
+                .map(|(k, v)| (MapKey::Ipcache(*k), MapValue::Ipcache(*v)))
+                .collect(),
+            Table::Generic(entries) => entries.iter().map(|(k, v)| (*k, *v)).collect(),
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&MapValue) -> bool) {
+        match self {
+            Table::Ipcache { entries, .. } => {
+                entries.retain(|_, value| keep(&MapValue::Ipcache(*value)));
+            }
+            Table::Generic(entries) => entries.retain(|_, value| keep(value)),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
-    maps: BTreeMap<MapName, BTreeMap<MapKey, MapValue>>,
+    maps: BTreeMap<MapName, Table>,
     attachments: BTreeMap<EndpointId, EndpointAttachment>,
     metrics: BTreeMap<MetricKey, (u64, u64)>,
     monotonic_secs: u32,
@@ -90,7 +193,7 @@ impl Default for Inner {
         Inner {
             maps: MapName::GLOBAL
                 .into_iter()
-                .map(|map| (map, BTreeMap::new()))
+                .map(|map| (map, Table::for_map(map)))
                 .collect(),
             attachments: BTreeMap::new(),
             metrics: BTreeMap::new(),
@@ -222,7 +325,7 @@ impl FakeDatapath {
         self.lock()
             .maps
             .get(&map)
-            .map(|entries| entries.iter().map(|(k, v)| (*k, *v)).collect())
+            .map(Table::to_vec)
             .unwrap_or_default()
     }
 
@@ -232,7 +335,6 @@ impl FakeDatapath {
             .maps
             .get(&key.map())
             .and_then(|entries| entries.get(key))
-            .copied()
     }
 
     pub fn has_policy_map(&self, endpoint: EndpointId) -> bool {
@@ -289,7 +391,7 @@ impl Datapath for FakeDatapath {
                 Ok(inner
                     .maps
                     .get_mut(&map)
-                    .is_some_and(|entries| entries.remove(key).is_some()))
+                    .is_some_and(|entries| entries.remove(key)))
             };
         inner.record(FakeOp::Delete { key: *key }, result.is_ok());
         result
@@ -306,7 +408,7 @@ impl Datapath for FakeDatapath {
             inner
                 .maps
                 .get(&map)
-                .map(|entries| entries.iter().map(|(k, v)| (*k, *v)).collect())
+                .map(Table::to_vec)
                 .ok_or(DatapathError::NoSuchMap { map })
         };
         inner.record(FakeOp::List { map }, result.is_ok());
@@ -339,7 +441,8 @@ impl Datapath for FakeDatapath {
                 source: injected(),
             })
         } else {
-            inner.maps.entry(MapName::Policy(endpoint)).or_default();
+            let map = MapName::Policy(endpoint);
+            inner.maps.entry(map).or_insert_with(|| Table::for_map(map));
             Ok(())
         };
         inner.record(FakeOp::CreatePolicyMap { endpoint }, result.is_ok());
@@ -405,7 +508,7 @@ impl Datapath for FakeDatapath {
             for map in [MapName::Ct4Global, MapName::CtAny4Global] {
                 if let Some(entries) = inner.maps.get_mut(&map) {
                     let before = entries.len();
-                    entries.retain(|_, value| match value {
+                    entries.retain(|value| match value {
                         MapValue::Conntrack(entry) => entry.lifetime >= now,
                         _ => true,
                     });
@@ -451,7 +554,7 @@ mod tests {
     use model::identity::NumericIdentity;
 
     use super::*;
-    use crate::api::{CtEntry, CtKey4, CtTupleFlags, IpcacheKey, Protocol, RemoteEndpointInfo};
+    use crate::api::{CtEntry, CtKey4, CtTupleFlags, Protocol};
 
     fn ipcache(n: u8) -> (MapKey, MapValue) {
         (
@@ -513,6 +616,24 @@ mod tests {
         assert_eq!(fake.writes().len(), 1);
         fake.clear_log();
         assert!(fake.log().is_empty());
+    }
+
+    #[test]
+    fn ipcache_entries_are_kept_compact_and_read_back_whole() {
+        // Every node of a simulation holds every address of its cluster: the ipcache table
+        // must stay in its own types, not the generic 68-byte key and value.
+        assert!(
+            std::mem::size_of::<IpcacheKey>() + std::mem::size_of::<RemoteEndpointInfo>() <= 44
+        );
+        let mut fake = FakeDatapath::new();
+        let (key, value) = ipcache(3);
+        fake.update(&key, &value).unwrap();
+        assert_eq!(fake.get(&key), Some(value));
+        assert_eq!(fake.list(MapName::Ipcache).unwrap(), [(key, value)]);
+        assert_eq!(fake.entries(MapName::Ipcache), [(key, value)]);
+        assert!(fake.delete(&key).unwrap());
+        assert!(!fake.delete(&key).unwrap());
+        assert!(fake.entries(MapName::Ipcache).is_empty());
     }
 
     #[test]

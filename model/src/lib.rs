@@ -13,7 +13,9 @@
 //!   Kubernetes NetworkPolicy documents, multi-document YAML/JSON parsing, validation whose
 //!   errors name the offending field, a support check that names features not implemented yet,
 //!   the NetworkPolicy translation, and the effective (namespace-scoped) rules of a document.
+//! - [`collections`]: keeping the per-address maps of a node packed as they grow.
 
+pub mod collections;
 pub mod identity;
 pub mod labels;
 pub mod policy;

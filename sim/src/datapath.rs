@@ -95,3 +95,22 @@ impl Datapath for CountingDatapath {
         self.fake.read_metrics()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use datapath::api::{IpcacheKey, MapKey, MapValue, RemoteEndpointInfo};
+
+    /// Every simulated node holds, for every address of its cluster (of the mesh), an ipcache
+    /// row in the Datapath actor (key and value, desired and actual) and an entry in its fake
+    /// datapath: 30 million of each in a 1000-node x 30-pod run. These bounds are what that
+    /// run was sized with (see the per-entry bounds next to the ipcache claims, the fake's
+    /// ipcache table and the memory kvstore's watch names); growing the types breaks it.
+    #[test]
+    fn per_address_datapath_entries_stay_small() {
+        assert!(size_of::<IpcacheKey>() + size_of::<RemoteEndpointInfo>() <= 44);
+        assert!(size_of::<MapKey>() <= 20);
+        assert!(size_of::<MapValue>() <= 48);
+    }
+}

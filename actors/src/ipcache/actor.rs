@@ -213,11 +213,7 @@ impl Handler<LookupIp> for IpCacheActor {
         MessageResult(
             self.state
                 .lookup(msg.ip)
-                .map(|(key, source, entry)| LookupResult {
-                    key,
-                    source,
-                    entry: entry.clone(),
-                }),
+                .map(|(key, source, entry)| LookupResult { key, source, entry }),
         )
     }
 }

@@ -2,11 +2,13 @@
 //! entry per prefix, and the effects a change has on the datapath and the kvstore.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::net::IpAddr;
 
 use datapath::api::{IpcacheKey, RemoteEndpointInfo};
 use ipnet::IpNet;
 use kvstore::keys::{IpCacheEntry, IpMask, NamedPort};
+use model::collections::compact_grown;
 use model::identity::{ClusterId, NumericIdentity};
 use serde::{Deserialize, Serialize};
 
@@ -76,52 +78,292 @@ pub struct IpCacheSettings {
     pub publish_local: bool,
 }
 
-/// The claims on one prefix, in precedence order (the first is effective). Almost every
-/// prefix has exactly one claim: a sorted vector costs one small allocation per prefix where a
-/// map would allocate a whole tree node (which showed as ~1.6 kB per entry when importing 100k
-/// entries from a remote cluster).
-#[derive(Debug, Clone, Default)]
-struct Claims(Vec<(Source, IpEntry)>);
+/// An [`IpEntry`] as the state keeps it. A node's ipcache holds one claim per address of the
+/// cluster (of the mesh), so the claim is what a simulation of thousands of nodes multiplies
+/// by millions: the datapath-relevant fields stay inline (they are read on every change), the
+/// rest (Kubernetes metadata, the free-form owner) is packed into one byte string, absent for
+/// entries without any and inline when short. 48 bytes and usually no allocation, against 144
+/// bytes and three allocations for an `IpEntry` of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stored {
+    identity: NumericIdentity,
+    host_ip: Option<IpAddr>,
+    encrypt_key: u8,
+    /// [`pack_extra`] of the k8s metadata and the owner.
+    extra: Extra,
+}
 
-impl Claims {
-    fn position(&self, source: &Source) -> Result<usize, usize> {
-        self.0.binary_search_by(|(s, _)| s.cmp(source))
+impl Stored {
+    fn pack(entry: IpEntry) -> Self {
+        Stored {
+            identity: entry.identity,
+            host_ip: entry.host_ip,
+            encrypt_key: entry.encrypt_key,
+            extra: pack_extra(entry.k8s.as_ref(), &entry.metadata),
+        }
     }
 
-    fn get(&self, source: &Source) -> Option<&IpEntry> {
-        self.position(source).ok().map(|i| &self.0[i].1)
+    fn unpack(&self) -> IpEntry {
+        let (k8s, metadata) = self.extra.as_bytes().map(unpack_extra).unwrap_or_default();
+        IpEntry {
+            identity: self.identity,
+            host_ip: self.host_ip,
+            encrypt_key: self.encrypt_key,
+            k8s,
+            metadata,
+        }
+    }
+}
+
+/// Bytes of an [`Extra`] kept inline: a namespace and a pod name of up to 17 characters
+/// together (`default` and `pod-123456`). With the length and the tag that is 24 bytes, the
+/// size of the boxed form.
+const EXTRA_INLINE: usize = 22;
+
+/// The packed extra fields of a claim: none, inline, or on the heap. Equal contents always
+/// take the same form, so the derived equality compares contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Extra {
+    None,
+    Inline(u8, [u8; EXTRA_INLINE]),
+    Heap(Box<[u8]>),
+}
+
+impl Extra {
+    fn new(bytes: Vec<u8>) -> Self {
+        match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= EXTRA_INLINE => {
+                let mut inline = [0; EXTRA_INLINE];
+                if let Some(head) = inline.get_mut(..bytes.len()) {
+                    head.copy_from_slice(&bytes);
+                }
+                Extra::Inline(len, inline)
+            }
+            _ => Extra::Heap(bytes.into_boxed_slice()),
+        }
+    }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Extra::None => None,
+            Extra::Inline(len, bytes) => bytes.get(..usize::from(*len)),
+            Extra::Heap(bytes) => Some(bytes),
+        }
+    }
+}
+
+/// Writes a length as LEB128: one byte for the short strings of pod names and namespaces.
+fn put_len(out: &mut Vec<u8>, mut len: usize) {
+    loop {
+        let low = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(low);
+            return;
+        }
+        out.push(low | 0x80);
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    put_len(out, text.len());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// The k8s metadata (flag, namespace, pod, service account, named ports if any) and the owner,
+/// length-prefixed one after the other. [`Extra::None`] when there is nothing to keep.
+fn pack_extra(k8s: Option<&K8sMetadata>, metadata: &str) -> Extra {
+    if k8s.is_none() && metadata.is_empty() {
+        return Extra::None;
+    }
+    let mut out = Vec::new();
+    match k8s {
+        None => out.push(0),
+        Some(k8s) => {
+            // 1: k8s metadata without named ports (the usual case, one byte shorter).
+            let ports = !k8s.named_ports.is_empty();
+            out.push(if ports { 2 } else { 1 });
+            put_str(&mut out, &k8s.namespace);
+            put_str(&mut out, &k8s.pod_name);
+            put_str(&mut out, &k8s.service_account);
+            if ports {
+                put_len(&mut out, k8s.named_ports.len());
+            }
+            for port in &k8s.named_ports {
+                put_str(&mut out, &port.name);
+                out.extend_from_slice(&port.port.to_le_bytes());
+                put_str(&mut out, &port.protocol);
+            }
+        }
+    }
+    put_str(&mut out, metadata);
+    Extra::new(out)
+}
+
+/// Reads what [`pack_extra`] wrote.
+struct Unpacker<'a>(&'a [u8]);
+
+impl<'a> Unpacker<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1).and_then(|b| b.first().copied())
+    }
+
+    fn len(&mut self) -> Option<usize> {
+        let mut len = 0usize;
+        for shift in (0..usize::BITS).step_by(7) {
+            let byte = self.byte()?;
+            len |= usize::from(byte & 0x7f).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                return Some(len);
+            }
+        }
+        None
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = self.len()?;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        let bytes = self.take(2)?;
+        Some(u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?]))
+    }
+
+    fn extra(&mut self) -> Option<(Option<K8sMetadata>, String)> {
+        let k8s = match self.byte()? {
+            0 => None,
+            flag => {
+                let namespace = self.string()?;
+                let pod_name = self.string()?;
+                let service_account = self.string()?;
+                let count = if flag == 2 { self.len()? } else { 0 };
+                let mut named_ports = Vec::new();
+                for _ in 0..count {
+                    named_ports.push(NamedPort {
+                        name: self.string()?,
+                        port: self.u16()?,
+                        protocol: self.string()?,
+                    });
+                }
+                Some(K8sMetadata {
+                    namespace,
+                    pod_name,
+                    service_account,
+                    named_ports,
+                })
+            }
+        };
+        Some((k8s, self.string()?))
+    }
+}
+
+/// The inverse of [`pack_extra`]. The bytes never leave the state, so they always read back;
+/// the fallback is for the impossible case only.
+fn unpack_extra(bytes: &[u8]) -> (Option<K8sMetadata>, String) {
+    Unpacker(bytes).extra().unwrap_or_default()
+}
+
+/// The claims on one prefix, in precedence order (the first is effective). Almost every
+/// prefix has exactly one claim, kept inline in the map's node; several go to a sorted vector.
+/// (A map per prefix showed as ~1.6 kB per entry when importing 100k entries from a remote
+/// cluster; a vector per prefix still cost an allocation of ~150 bytes per entry.)
+#[derive(Debug, Clone)]
+enum Claims {
+    One((Source, Stored)),
+    /// At least two claims, sorted by source.
+    Many(Vec<(Source, Stored)>),
+}
+
+impl Claims {
+    fn new(source: Source, stored: Stored) -> Self {
+        Claims::One((source, stored))
+    }
+
+    fn as_slice(&self) -> &[(Source, Stored)] {
+        match self {
+            Claims::One(claim) => std::slice::from_ref(claim),
+            Claims::Many(claims) => claims,
+        }
+    }
+
+    fn position(&self, source: &Source) -> Result<usize, usize> {
+        self.as_slice().binary_search_by(|(s, _)| s.cmp(source))
+    }
+
+    fn get(&self, source: &Source) -> Option<&Stored> {
+        let i = self.position(source).ok()?;
+        self.as_slice().get(i).map(|(_, stored)| stored)
     }
 
     fn contains_key(&self, source: &Source) -> bool {
         self.position(source).is_ok()
     }
 
-    fn insert(&mut self, source: Source, entry: IpEntry) {
-        match self.position(&source) {
-            Ok(i) => self.0[i].1 = entry,
-            Err(i) => {
-                // Grow one slot at a time: a first insert would otherwise reserve four.
-                self.0.reserve_exact(1);
-                self.0.insert(i, (source, entry));
+    fn insert(&mut self, source: Source, stored: Stored) {
+        match self {
+            Claims::One((s, existing)) if *s == source => *existing = stored,
+            Claims::One(_) => {
+                let Claims::One(first) = std::mem::replace(self, Claims::Many(Vec::new())) else {
+                    return;
+                };
+                let mut claims = Vec::with_capacity(2);
+                claims.push(first);
+                let at = usize::from(claims.iter().any(|(s, _)| *s < source));
+                claims.insert(at, (source, stored));
+                *self = Claims::Many(claims);
+            }
+            Claims::Many(claims) => match claims.binary_search_by(|(s, _)| s.cmp(&source)) {
+                Ok(i) => {
+                    if let Some(slot) = claims.get_mut(i) {
+                        slot.1 = stored;
+                    }
+                }
+                Err(i) => claims.insert(i, (source, stored)),
+            },
+        }
+    }
+
+    /// Removes `source`'s claim; `true` when no claim is left (the caller drops the prefix).
+    fn remove(&mut self, source: &Source) -> (Option<Stored>, bool) {
+        match self {
+            Claims::One((s, _)) if s == source => {
+                let Claims::One((_, stored)) = std::mem::replace(self, Claims::Many(Vec::new()))
+                else {
+                    return (None, false);
+                };
+                (Some(stored), true)
+            }
+            Claims::One(_) => (None, false),
+            Claims::Many(claims) => {
+                let Ok(i) = claims.binary_search_by(|(s, _)| s.cmp(source)) else {
+                    return (None, claims.is_empty());
+                };
+                let (_, removed) = claims.remove(i);
+                if claims.len() == 1
+                    && let Some(last) = claims.pop()
+                {
+                    *self = Claims::One(last);
+                }
+                (Some(removed), false)
             }
         }
     }
 
-    fn remove(&mut self, source: &Source) -> Option<IpEntry> {
-        let i = self.position(source).ok()?;
-        Some(self.0.remove(i).1)
+    /// The effective claim.
+    fn first(&self) -> Option<&(Source, Stored)> {
+        self.as_slice().first()
     }
 
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &Source> {
-        self.0.iter().map(|(source, _)| source)
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&Source, &IpEntry)> {
-        self.0.iter().map(|(source, entry)| (source, entry))
+    fn iter(&self) -> impl Iterator<Item = &(Source, Stored)> {
+        self.as_slice().iter()
     }
 }
 
@@ -133,6 +375,8 @@ impl Claims {
 pub struct IpCacheState {
     settings: IpCacheSettings,
     claims: BTreeMap<IpcacheKey, Claims>,
+    /// The number of prefixes when `claims` was last rebuilt (see [`compact_grown`]).
+    built: usize,
     /// Bumped by every change of a claim, so readers of a full copy (Hubble's enrichment)
     /// copy again only after something changed.
     generation: u64,
@@ -143,6 +387,7 @@ impl IpCacheState {
         IpCacheState {
             settings,
             claims: BTreeMap::new(),
+            built: 0,
             generation: 0,
         }
     }
@@ -162,28 +407,35 @@ impl IpCacheState {
     ) -> (Effective, Vec<Effect>) {
         let before = self.datapath_value(&key);
         let mut effects = Vec::new();
-        if source == Source::Local && self.settings.publish_local {
-            let unchanged = self
-                .claims
-                .get(&key)
-                .and_then(|claims| claims.get(&Source::Local))
-                == Some(&entry);
-            if !unchanged {
-                effects.push(Effect::Publish(kvstore_entry(
-                    &key,
-                    &entry,
-                    self.settings.node_ip,
-                )));
-            }
+        let publish = (source == Source::Local && self.settings.publish_local)
+            .then(|| kvstore_entry(&key, &entry, self.settings.node_ip));
+        let stored = Stored::pack(entry);
+        let previous = self.claims.get(&key).and_then(|claims| claims.get(&source));
+        let changed = previous != Some(&stored);
+        if let Some(published) = publish
+            && changed
+        {
+            effects.push(Effect::Publish(published));
         }
-        let claims = self.claims.entry(key).or_default();
-        if claims.get(&source) != Some(&entry) {
+        if changed {
             self.generation += 1;
         }
-        claims.insert(source, entry);
-        let effective = match claims.keys().next() {
-            Some(top) if *top != source => Effective::ShadowedBy(*top),
-            _ => Effective::Applied,
+        let top = match self.claims.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(Claims::new(source, stored));
+                compact_grown(&mut self.claims, &mut self.built);
+                source
+            }
+            Entry::Occupied(mut slot) => {
+                let claims = slot.get_mut();
+                claims.insert(source, stored);
+                claims.first().map_or(source, |(top, _)| *top)
+            }
+        };
+        let effective = if top == source {
+            Effective::Applied
+        } else {
+            Effective::ShadowedBy(top)
         };
         effects.extend(self.datapath_effect(key, before));
         (effective, effects)
@@ -196,13 +448,14 @@ impl IpCacheState {
         let Some(claims) = self.claims.get_mut(&key) else {
             return Vec::new();
         };
-        if claims.remove(&source).is_none() {
+        let (removed, empty) = claims.remove(&source);
+        if empty {
+            self.claims.remove(&key);
+        }
+        if removed.is_none() {
             return Vec::new();
         }
         self.generation += 1;
-        if claims.is_empty() {
-            self.claims.remove(&key);
-        }
         let mut effects = Vec::new();
         if source == Source::Local && self.settings.publish_local {
             effects.push(Effect::Unpublish(prefix_name(&key)));
@@ -231,15 +484,20 @@ impl IpCacheState {
     }
 
     /// The effective claim on exactly `key`.
-    pub fn get(&self, key: &IpcacheKey) -> Option<(Source, &IpEntry)> {
+    pub fn get(&self, key: &IpcacheKey) -> Option<(Source, IpEntry)> {
+        self.top(key)
+            .map(|(source, stored)| (source, stored.unpack()))
+    }
+
+    fn top(&self, key: &IpcacheKey) -> Option<(Source, &Stored)> {
         self.claims
             .get(key)
-            .and_then(|claims| claims.iter().next())
-            .map(|(source, entry)| (*source, entry))
+            .and_then(Claims::first)
+            .map(|(source, stored)| (*source, stored))
     }
 
     /// The effective claim on the longest prefix of the local cluster containing `ip`.
-    pub fn lookup(&self, ip: IpAddr) -> Option<(IpcacheKey, Source, &IpEntry)> {
+    pub fn lookup(&self, ip: IpAddr) -> Option<(IpcacheKey, Source, IpEntry)> {
         let max_len = match ip {
             IpAddr::V4(_) => 32,
             IpAddr::V6(_) => 128,
@@ -258,7 +516,7 @@ impl IpCacheState {
             .filter_map(|(key, claims)| {
                 claims
                     .get(&Source::Local)
-                    .map(|entry| kvstore_entry(key, entry, self.settings.node_ip))
+                    .map(|stored| kvstore_entry(key, &stored.unpack(), self.settings.node_ip))
             })
             .collect()
     }
@@ -269,12 +527,12 @@ impl IpCacheState {
             .iter()
             .filter_map(|(key, claims)| {
                 let mut iter = claims.iter();
-                let (source, entry) = iter.next()?;
+                let (source, stored) = iter.next()?;
                 Some(DumpEntry {
                     key: *key,
                     source: *source,
-                    entry: entry.clone(),
-                    datapath: self.to_datapath(key, entry),
+                    entry: stored.unpack(),
+                    datapath: self.to_datapath(key, stored),
                     shadowed: iter.map(|(source, _)| *source).collect(),
                 })
             })
@@ -282,7 +540,7 @@ impl IpCacheState {
     }
 
     /// The datapath form of an entry.
-    fn to_datapath(&self, key: &IpcacheKey, entry: &IpEntry) -> RemoteEndpointInfo {
+    fn to_datapath(&self, key: &IpcacheKey, entry: &Stored) -> RemoteEndpointInfo {
         RemoteEndpointInfo {
             identity: entry.identity,
             tunnel_endpoint: entry
@@ -295,7 +553,8 @@ impl IpCacheState {
     }
 
     fn datapath_value(&self, key: &IpcacheKey) -> Option<RemoteEndpointInfo> {
-        self.get(key).map(|(_, entry)| self.to_datapath(key, entry))
+        self.top(key)
+            .map(|(_, stored)| self.to_datapath(key, stored))
     }
 
     /// The datapath effect of a change of `key`, if its datapath form changed.
@@ -569,6 +828,91 @@ mod tests {
         );
         let effects = state.retain_source(Source::KvStore, |_| false);
         assert_eq!(effects, [Effect::Delete(a)]);
+    }
+
+    #[test]
+    fn claims_are_kept_compact() {
+        // One claim per address of the cluster on every node: what a simulation of 1000
+        // nodes multiplies by 30 000. Growing these undoes that work.
+        assert!(std::mem::size_of::<Extra>() <= 24);
+        assert!(std::mem::size_of::<Stored>() <= 48);
+        assert!(std::mem::size_of::<Claims>() <= 56);
+    }
+
+    #[test]
+    fn stored_entries_read_back_whole() {
+        let full = IpEntry {
+            identity: id(300),
+            host_ip: Some("192.168.0.9".parse().unwrap()),
+            encrypt_key: 3,
+            k8s: Some(K8sMetadata {
+                namespace: "default".into(),
+                pod_name: "p".repeat(200),
+                service_account: "sa".into(),
+                named_ports: vec![
+                    NamedPort {
+                        name: "http".into(),
+                        port: 8080,
+                        protocol: "TCP".into(),
+                    },
+                    NamedPort::default(),
+                ],
+            }),
+            metadata: "owner".into(),
+        };
+        let empty_k8s = IpEntry {
+            k8s: Some(K8sMetadata::default()),
+            ..IpEntry::identity(id(5))
+        };
+        let owner_only = IpEntry {
+            metadata: "x".into(),
+            ..IpEntry::identity(id(6))
+        };
+        for entry in [full, empty_k8s, owner_only, IpEntry::identity(id(7))] {
+            let stored = Stored::pack(entry.clone());
+            assert_eq!(stored.unpack(), entry);
+        }
+        assert_eq!(Stored::pack(IpEntry::identity(id(7))).extra, Extra::None);
+        let pod = IpEntry {
+            k8s: Some(K8sMetadata {
+                namespace: "default".into(),
+                pod_name: "pod-123456".into(),
+                ..K8sMetadata::default()
+            }),
+            ..IpEntry::identity(id(8))
+        };
+        assert!(matches!(Stored::pack(pod).extra, Extra::Inline(..)));
+        assert_ne!(
+            Stored::pack(IpEntry::identity(id(5))),
+            Stored::pack(IpEntry {
+                k8s: Some(K8sMetadata::default()),
+                ..IpEntry::identity(id(5))
+            }),
+            "no k8s metadata differs from empty k8s metadata"
+        );
+        assert_eq!(unpack_extra(&[1, 200]), (None, String::new()));
+    }
+
+    #[test]
+    fn claims_go_from_one_to_many_and_back_in_precedence_order() {
+        let mut state = state();
+        let k = key("10.0.0.8/32");
+        state.upsert(k, Source::Generated, IpEntry::identity(id(1)));
+        state.upsert(k, Source::KubeApiServer, IpEntry::identity(id(2)));
+        state.upsert(k, Source::KvStore, IpEntry::identity(id(3)));
+        let dump = state.dump();
+        assert_eq!(dump[0].source, Source::KubeApiServer);
+        assert_eq!(dump[0].shadowed, [Source::KvStore, Source::Generated]);
+        state.delete(k, Source::KubeApiServer);
+        state.delete(k, Source::Generated);
+        assert_eq!(
+            state.get(&k).map(|(s, e)| (s, e.identity)),
+            Some((Source::KvStore, id(3)))
+        );
+        assert!(state.dump()[0].shadowed.is_empty());
+        assert_eq!(state.delete(k, Source::KvStore), [Effect::Delete(k)]);
+        assert!(state.get(&k).is_none());
+        assert!(state.dump().is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use model::collections::compact_grown;
 use tokio::sync::{mpsc, watch};
 
 use super::state::event_revision;
@@ -18,6 +19,9 @@ use crate::backend::{Revision, WatchEvent, WatchFrom, WatchStream};
 use crate::error::Error;
 
 type WatcherId = u64;
+
+/// Queue slots a drained stream keeps for the next events.
+const PENDING_KEPT: usize = 16;
 
 #[derive(Debug)]
 struct Watcher {
@@ -70,11 +74,54 @@ impl Watchers {
     }
 }
 
+/// A key below the watched prefix as a `List` watch remembers it: inline up to 22 bytes (an
+/// address, an identity number), which spares one small allocation per key per watcher.
+/// Any total order does for the map; equal names always take the same form.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Name {
+    Inline(u8, [u8; NAME_INLINE]),
+    Heap(Box<str>),
+}
+
+/// Bytes of a [`Name`] kept inline; with the length and the tag that is 24 bytes, the size of
+/// the boxed form.
+const NAME_INLINE: usize = 22;
+
+impl Name {
+    fn new(name: &str) -> Self {
+        let bytes = name.as_bytes();
+        match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= NAME_INLINE => {
+                let mut inline = [0; NAME_INLINE];
+                if let Some(head) = inline.get_mut(..bytes.len()) {
+                    head.copy_from_slice(bytes);
+                }
+                Name::Inline(len, inline)
+            }
+            _ => Name::Heap(name.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Name::Inline(len, bytes) => bytes
+                .get(..usize::from(*len))
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or_default(),
+            Name::Heap(name) => name,
+        }
+    }
+}
+
 enum Mode {
     /// A `List` watch remembers the mod revision of every key its consumer holds, so that a
-    /// re-list after compaction can emit exactly the difference.
+    /// re-list after compaction can emit exactly the difference. Keys are kept without the
+    /// watched prefix (every one starts with it): a simulation runs thousands of watches over
+    /// the same tens of thousands of keys, and the shared prefix was most of each copy.
     List {
-        known: BTreeMap<String, Revision>,
+        known: BTreeMap<Name, Revision>,
+        /// The number of keys at the last rebuild of `known` (see [`compact_grown`]).
+        built: usize,
     },
     AfterRevision,
 }
@@ -125,6 +172,7 @@ pub(super) fn open(
             let listing = shared.state.list(prefix);
             cursor.mode = Mode::List {
                 known: BTreeMap::new(),
+                built: 0,
             };
             cursor
                 .pending
@@ -153,6 +201,12 @@ impl Cursor {
     async fn next(&mut self) -> Option<Result<WatchEvent, Error>> {
         loop {
             if let Some(event) = self.pending.pop_front() {
+                if self.pending.is_empty() && self.pending.capacity() > PENDING_KEPT {
+                    // A listing or replay can queue every key of the prefix at once; keeping
+                    // that capacity for the life of the watch would hold a second copy's worth
+                    // of memory per watcher.
+                    self.pending.shrink_to(PENDING_KEPT);
+                }
                 self.observe(&event);
                 return Some(Ok(event));
             }
@@ -208,9 +262,9 @@ impl Cursor {
                         compact_revision: shared.state.compacted(),
                     });
                 }
-                Mode::List { known } => {
+                Mode::List { known, .. } => {
                     let listing = shared.state.list(&self.prefix);
-                    let diff = list_diff(known, listing.kvs, listing.revision);
+                    let diff = list_diff(&self.prefix, known, listing.kvs, listing.revision);
                     tracing::debug!(
                         prefix = %self.prefix,
                         after = self.last_revision,
@@ -233,13 +287,19 @@ impl Cursor {
     }
 
     fn observe(&mut self, event: &WatchEvent) {
-        if let Mode::List { known } = &mut self.mode {
+        if let Mode::List { known, built } = &mut self.mode {
             match event {
                 WatchEvent::Create(kv) | WatchEvent::Modify(kv) => {
-                    known.insert(kv.key.clone(), kv.mod_revision);
+                    if let Some(name) = kv.key.strip_prefix(self.prefix.as_str())
+                        && known.insert(Name::new(name), kv.mod_revision).is_none()
+                    {
+                        compact_grown(known, built);
+                    }
                 }
                 WatchEvent::Delete { key, .. } => {
-                    known.remove(key);
+                    if let Some(name) = key.strip_prefix(self.prefix.as_str()) {
+                        known.remove(&Name::new(name));
+                    }
                 }
                 WatchEvent::ListDone { .. } => {}
             }
@@ -256,25 +316,31 @@ impl Drop for Cursor {
     }
 }
 
-/// The events that turn `known` (key -> mod revision) into `current` (a listing in key order),
-/// in key order: nothing for unchanged keys.
+/// The events that turn `known` (key below `prefix` -> mod revision) into `current` (a listing
+/// of `prefix` in key order), in key order: nothing for unchanged keys.
 fn list_diff(
-    known: &BTreeMap<String, Revision>,
+    prefix: &str,
+    known: &BTreeMap<Name, Revision>,
     current: Vec<crate::backend::KeyValue>,
     revision: Revision,
 ) -> Vec<WatchEvent> {
     let mut changes: BTreeMap<String, WatchEvent> = known
         .keys()
-        .map(|key| {
+        .map(|name| {
+            let key = format!("{prefix}{}", name.as_str());
             let delete = WatchEvent::Delete {
                 key: key.clone(),
                 mod_revision: revision,
             };
-            (key.clone(), delete)
+            (key, delete)
         })
         .collect();
     for kv in current {
-        match known.get(&kv.key) {
+        let seen = kv
+            .key
+            .strip_prefix(prefix)
+            .and_then(|name| known.get(&Name::new(name)));
+        match seen {
             Some(&seen) if seen == kv.mod_revision => {
                 changes.remove(&kv.key);
             }
@@ -305,21 +371,35 @@ mod tests {
     }
 
     #[test]
+    fn names_are_compact_and_read_back() {
+        // One per key per `List` watcher: thousands of watchers over tens of thousands of
+        // keys in a simulation. Growing this undoes that work.
+        assert_eq!(std::mem::size_of::<Name>(), 24);
+        let long = "cluster-1/cluster-1-node-999";
+        for name in ["", "10.0.3.7", "a".repeat(NAME_INLINE).as_str(), long] {
+            assert_eq!(Name::new(name).as_str(), name);
+        }
+        assert!(matches!(Name::new("10.255.255.254"), Name::Inline(..)));
+        assert!(matches!(Name::new(long), Name::Heap(_)));
+        assert_eq!(Name::new(long), Name::new(long));
+    }
+
+    #[test]
     fn list_diff_emits_only_changes_in_key_order() {
-        let known: BTreeMap<String, Revision> = [("a", 2), ("b", 3), ("c", 4)]
-            .map(|(k, r)| (k.to_owned(), r))
+        let known: BTreeMap<Name, Revision> = [("a", 2), ("b", 3), ("c", 4)]
+            .map(|(k, r)| (Name::new(k), r))
             .into();
-        let current = vec![kv("a", 2, 2), kv("b", 3, 9), kv("d", 10, 10)];
-        let diff = list_diff(&known, current, 11);
+        let current = vec![kv("p/a", 2, 2), kv("p/b", 3, 9), kv("p/d", 10, 10)];
+        let diff = list_diff("p/", &known, current, 11);
         assert_eq!(
             diff,
             vec![
-                WatchEvent::Modify(kv("b", 3, 9)),
+                WatchEvent::Modify(kv("p/b", 3, 9)),
                 WatchEvent::Delete {
-                    key: "c".into(),
+                    key: "p/c".into(),
                     mod_revision: 11
                 },
-                WatchEvent::Create(kv("d", 10, 10)),
+                WatchEvent::Create(kv("p/d", 10, 10)),
             ]
         );
     }
