@@ -17,6 +17,7 @@ use std::ops::Bound;
 use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net};
+use model::collections::compact_grown;
 use model::identity::{ClusterId, NumericIdentity};
 
 use super::messages::{
@@ -126,7 +127,9 @@ struct Failure {
 struct Tracked<V> {
     desired: Desired<V>,
     actual: Actual<V>,
-    failure: Option<Failure>,
+    /// Boxed: rare, and a row per map entry is what a node of a large cluster (or a
+    /// simulation of thousands of them) multiplies by every address of the cluster.
+    failure: Option<Box<Failure>>,
 }
 
 impl<V: PartialEq> Tracked<V> {
@@ -198,6 +201,8 @@ impl<V: PartialEq> Tracked<V> {
 pub struct ReconcilerState {
     retry: RetryConfig,
     entries: BTreeMap<MapKey, Tracked<MapValue>>,
+    /// The number of rows of `entries` at its last rebuild (see [`compact_grown`]).
+    entries_built: usize,
     policy_maps: BTreeMap<EndpointId, Tracked<()>>,
     attachments: BTreeMap<EndpointId, Tracked<EndpointAttachment>>,
     dirty: BTreeSet<ObjectKey>,
@@ -299,9 +304,9 @@ impl ReconcilerState {
 
     fn failure(&self, object: &ObjectKey) -> Option<&Failure> {
         match object {
-            ObjectKey::PolicyMap(ep) => self.policy_maps.get(ep)?.failure.as_ref(),
-            ObjectKey::Entry(key) => self.entries.get(key)?.failure.as_ref(),
-            ObjectKey::Attachment(ep) => self.attachments.get(ep)?.failure.as_ref(),
+            ObjectKey::PolicyMap(ep) => self.policy_maps.get(ep)?.failure.as_deref(),
+            ObjectKey::Entry(key) => self.entries.get(key)?.failure.as_deref(),
+            ObjectKey::Attachment(ep) => self.attachments.get(ep)?.failure.as_deref(),
         }
     }
 
@@ -561,6 +566,8 @@ impl ReconcilerState {
         let (in_sync, gone) = (row.in_sync(), row.is_gone());
         if gone {
             self.entries.remove(&key);
+        } else {
+            compact_grown(&mut self.entries, &mut self.entries_built);
         }
         self.mark(ObjectKey::Entry(key), in_sync);
     }
@@ -814,11 +821,11 @@ impl ReconcilerState {
                     // The map vanished behind our back: create it again.
                     self.observe_policy_map_missing(*endpoint);
                 }
-                Some(Failure {
+                Some(Box::new(Failure {
                     attempts,
                     last_error: error_chain(err),
                     next_retry: now.saturating_add(self.retry.backoff(attempts)),
-                })
+                }))
             }
         };
         match op {
