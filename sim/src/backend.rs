@@ -131,6 +131,8 @@ pub struct OpCounter {
     /// Requests that change the store (writes, deletes, transactions, leases, locks).
     /// Renewals, reads and watch events are left out: they go on while nothing changes.
     mutations: AtomicU64,
+    /// Watch events delivered (also counted in `ops`).
+    events: AtomicU64,
 }
 
 impl OpCounter {
@@ -141,6 +143,16 @@ impl OpCounter {
 
     pub fn mutations(&self) -> u64 {
         self.mutations.load(Ordering::Relaxed)
+    }
+
+    /// Watch events delivered to the node's (or the cluster's) consumers.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    fn bump_event(&self) {
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        self.events.fetch_add(1, Ordering::Relaxed);
     }
 
     fn bump(&self, kind: Kind) {
@@ -482,8 +494,8 @@ impl FaultyWatch {
                     continue;
                 }
             }
-            self.counters.0.bump(Kind::Read);
-            self.counters.1.bump(Kind::Read);
+            self.counters.0.bump_event();
+            self.counters.1.bump_event();
             return Some(item);
         }
     }

@@ -124,7 +124,13 @@ pub struct Report {
     /// The most kvstore operations one live node made.
     pub kvstore_ops_busiest_node: u64,
     pub datapath_writes: u64,
+    /// Watch events the nodes' actors processed (part of `kvstore_ops`).
+    pub watch_events: u64,
+    /// Watch events lost to `watch-event-loss` faults.
+    pub watch_events_dropped: u64,
     pub virtual_secs: f64,
+    /// The run went on the real clock (`--kvstore etcd`): every time above is real time.
+    pub real_time: bool,
     pub wall_secs: f64,
     /// Peak resident memory of the process (`VmHWM`), if known.
     pub peak_rss_kib: Option<u64>,
@@ -144,6 +150,7 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let clock = if self.real_time { "real" } else { "virtual" };
         writeln!(
             f,
             "scenario {} seed {}: {} clusters, {} nodes",
@@ -152,7 +159,7 @@ impl fmt::Display for Report {
         for step in &self.steps {
             writeln!(
                 f,
-                "  {:<48} converged after {:>9.0} ms (virtual t={:.1}s){}",
+                "  {:<48} converged after {:>9.0} ms ({clock} t={:.1}s){}",
                 step.name,
                 step.converged_ms,
                 step.at_ms / 1000.0,
@@ -181,7 +188,7 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "kvstore ops: {} ({:.2} per node per virtual second, busiest node {}); datapath \
+            "kvstore ops: {} ({:.2} per node per {clock} second, busiest node {}); datapath \
              writes: {}",
             self.kvstore_ops,
             self.kvstore_ops_per_node_per_sec,
@@ -190,7 +197,12 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "virtual time {:.1} s, wall time {:.2} s, peak RSS {} ({} per node), RSS at the end {}",
+            "watch events processed: {} ({} lost to faults)",
+            self.watch_events, self.watch_events_dropped
+        )?;
+        writeln!(
+            f,
+            "{clock} time {:.1} s, wall time {:.2} s, peak RSS {} ({} per node), RSS at the end {}",
             self.virtual_secs,
             self.wall_secs,
             kib(self.peak_rss_kib),

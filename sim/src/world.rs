@@ -370,6 +370,7 @@ fn run_on_runtime(
     let wall = std::time::Instant::now();
     let mut report = system.block_on(run_world(scenario, seed, stores))?;
     report.wall_secs = wall.elapsed().as_secs_f64();
+    report.real_time = stores.is_some();
     Ok(report)
 }
 
@@ -1520,7 +1521,10 @@ impl World<'_> {
                 .max()
                 .unwrap_or(0),
             datapath_writes: self.datapath_writes.load(Ordering::Relaxed),
+            watch_events: self.clusters.iter().map(|c| c.ops.events()).sum(),
+            watch_events_dropped: self.watch_loss.values().map(WatchLoss::dropped).sum(),
             virtual_secs,
+            real_time: false,
             wall_secs: 0.0,
             peak_rss_kib: peak,
             final_rss_kib: rss_kib(),

@@ -47,6 +47,13 @@ fn lost_watch_events_are_made_good_by_the_resync() {
         // The re-list after the resync changed the datapaths of the nodes that lost events.
         let loss = &report.steps[1];
         assert!(loss.converged_ms >= 1000.0, "{report}");
+        // The report counts what the nodes processed and what the fault took from them.
+        assert!(report.watch_events_dropped > 0, "{report}");
+        assert!(
+            report.watch_events > report.watch_events_dropped,
+            "{report}"
+        );
+        assert!(report.kvstore_ops > report.watch_events, "{report}");
         if seed == 3 {
             assert_replays(&scenario, seed, &report);
         }
