@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -151,8 +151,6 @@ pub enum DemoError {
         "the server of {pod} did not listen on port {BACKEND_PORT} within {LISTEN:?}; see {log}"
     )]
     NotListening { pod: String, log: PathBuf },
-    #[error("`{command}` failed: {output}")]
-    Cli { command: String, output: String },
     #[error("cannot decode the answer of `{command}`: {reason}")]
     CliAnswer { command: String, reason: String },
     #[error("pods {pods} got no identity within {READY:?}; see the agents' logs in {logs}")]
@@ -396,29 +394,7 @@ enum Store {
 /// Runs the lab's `cilium-dbg` against `node`'s agent socket (the agent's REST API); its
 /// stdout.
 fn dbg(state: &LabState, node: &NodeRecord, args: &[&str]) -> Result<String, DemoError> {
-    let program = state.bin_dir.join("cilium-dbg");
-    let out = Command::new(&program)
-        .env_remove("CILIUM_SOCK")
-        .arg("-H")
-        .arg(format!("unix://{}", node.socket.display()))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| LabError::Spawn {
-            program: program.display().to_string(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(DemoError::Cli {
-            command: format!(
-                "cilium-dbg -H unix://{} {}",
-                node.socket.display(),
-                args.join(" ")
-            ),
-            output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(sys::agent_cli(state, node, args)?)
 }
 
 /// `cilium-dbg ARGS -o json` against `node`'s agent, decoded.
@@ -614,30 +590,9 @@ fn ensure_server(dir: &Path, pod: &str) -> Result<bool, DemoError> {
     Ok(started)
 }
 
-/// Runs the lab's `cilium` binary (the cluster CLI) in the underlay, where etcd listens; its
-/// stdout.
+/// Runs the lab's cluster CLI in the underlay, where etcd listens; its stdout.
 fn cilium(state: &LabState, args: &[&str]) -> Result<String, DemoError> {
-    let program = state.bin_dir.join("cilium");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &state.underlay])
-        .arg(&program)
-        .args(args)
-        .env_remove("CILIUM_KVSTORE_OPT")
-        .env_remove("CILIUM_CLUSTER_NAME")
-        .env_remove("CILIUM_CLUSTER_ID")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| LabError::Spawn {
-            program: program.display().to_string(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(DemoError::Cli {
-            command: format!("cilium {}", args.join(" ")),
-            output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(sys::cluster_cli(state, args)?)
 }
 
 /// Waits until every demo pod has its identity from its agent.

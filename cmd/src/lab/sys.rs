@@ -12,7 +12,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::LabError;
-use super::state::{LabState, ProcessId, ProcessRecord};
+use super::state::{LabState, NodeRecord, ProcessId, ProcessRecord};
 
 /// Where `ip netns` keeps its named namespaces.
 pub const NETNS_DIR: &str = "/var/run/netns";
@@ -34,6 +34,47 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, LabError> {
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `command` and returns its stdout; `shown` is how the error names the command.
+fn output_of(mut command: Command, shown: String) -> Result<String, LabError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| LabError::Spawn { program, source })?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            command: shown,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs the lab's cluster CLI (`cilium ARGS`) in the underlay, where the etcds listen,
+/// without the caller's kvstore settings from the environment; its stdout.
+pub fn cluster_cli(state: &LabState, args: &[&str]) -> Result<String, LabError> {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &state.underlay])
+        .arg(state.bin_dir.join("cilium"))
+        .args(args)
+        .env_remove("CILIUM_KVSTORE_OPT")
+        .env_remove("CILIUM_CLUSTER_NAME")
+        .env_remove("CILIUM_CLUSTER_ID");
+    output_of(command, format!("cilium {}", args.join(" ")))
+}
+
+/// Runs the lab's `cilium-dbg ARGS` against `node`'s agent (its REST API socket); its stdout.
+pub fn agent_cli(state: &LabState, node: &NodeRecord, args: &[&str]) -> Result<String, LabError> {
+    let host = format!("unix://{}", node.socket.display());
+    let mut command = Command::new(state.bin_dir.join("cilium-dbg"));
+    command
+        .env_remove("CILIUM_SOCK")
+        .args(["-H", &host])
+        .args(args);
+    output_of(command, format!("cilium-dbg -H {host} {}", args.join(" ")))
 }
 
 /// `ip -n NETNS args...`.

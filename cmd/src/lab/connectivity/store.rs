@@ -7,13 +7,13 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use super::scenarios::{SERVICES, TestService};
 use super::{ConnectivityError, Lab, LabCluster, NAMESPACE};
 use crate::api;
 use crate::lab::LabError;
 use crate::lab::state::NodeRecord;
+use crate::lab::sys;
 
 /// How a cluster's desired state is written.
 pub(super) enum Store {
@@ -315,57 +315,14 @@ fn services_of_namespace(entries: &[serde_json::Value], cluster: &str) -> Vec<St
         .collect()
 }
 
-/// Runs the lab's `cilium` binary (the cluster CLI) in the underlay, where etcd listens; its
-/// stdout.
+/// Runs the lab's cluster CLI in the underlay, where etcd listens; its stdout.
 fn cilium(lab: &Lab, args: &[&str]) -> Result<String, ConnectivityError> {
-    let program = lab.state.bin_dir.join("cilium");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.state.underlay])
-        .arg(&program)
-        .args(args)
-        .env_remove("CILIUM_KVSTORE_OPT")
-        .env_remove("CILIUM_CLUSTER_NAME")
-        .env_remove("CILIUM_CLUSTER_ID")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| LabError::Spawn {
-            program: program.display().to_string(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(ConnectivityError::Cli {
-            command: format!("cilium {}", args.join(" ")),
-            output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(sys::cluster_cli(&lab.state, args)?)
 }
 
 /// Runs the lab's `cilium-dbg` against the agent of `node`; its stdout.
 fn dbg(lab: &Lab, node: &NodeRecord, args: &[&str]) -> Result<String, ConnectivityError> {
-    let program = lab.state.bin_dir.join("cilium-dbg");
-    let out = Command::new(&program)
-        .env_remove("CILIUM_SOCK")
-        .arg("-H")
-        .arg(format!("unix://{}", node.socket.display()))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| LabError::Spawn {
-            program: program.display().to_string(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(ConnectivityError::Cli {
-            command: format!(
-                "cilium-dbg -H unix://{} {}",
-                node.socket.display(),
-                args.join(" ")
-            ),
-            output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(sys::agent_cli(&lab.state, node, args)?)
 }
 
 #[cfg(test)]
