@@ -10,72 +10,25 @@
 //! `lab down` on drop, so a failing test leaves nothing behind.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use serde_json::Value;
 
-const CILIUM: &str = env!("CARGO_BIN_EXE_cilium");
+#[path = "common/lab.rs"]
+mod lab;
 
-/// A lab in a temp directory, taken down on drop.
-struct Lab {
-    dir: tempfile::TempDir,
-    name: String,
-}
+use lab::{CILIUM, Lab};
 
 impl Lab {
-    fn new(tag: &str) -> Lab {
-        Lab {
-            dir: tempfile::tempdir().expect("lab dir"),
-            name: format!("{tag}{:x}", std::process::id()),
-        }
-    }
-
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn cilium(&self, group: &str, args: &[&str]) -> Output {
-        Command::new(CILIUM)
-            .args([group, "--dir"])
-            .arg(self.dir())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cilium")
-    }
-
-    fn ok(&self, group: &str, args: &[&str]) -> Output {
-        let out = self.cilium(group, args);
-        assert!(
-            out.status.success(),
-            "cilium {group} {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
-        out
-    }
-
     fn pods(&self) -> Vec<Value> {
-        let out = self.ok("lab", &["pod", "list", "-o", "json"]);
+        let out = self.cilium_ok("lab", &["pod", "list", "-o", "json"]);
         let pods: Value = serde_json::from_slice(&out.stdout).expect("pod list JSON");
         pods.as_array().cloned().unwrap_or_default()
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.cilium("lab", &["down"]);
-    }
-}
-
 impl Lab {
-    /// The lab's state file as JSON.
-    fn state(&self) -> Value {
-        let text = std::fs::read_to_string(self.dir().join("state.json")).expect("state file");
-        serde_json::from_str(&text).expect("state JSON")
-    }
-
     /// Every policy and service left in namespace cilium-test, over every cluster's etcd.
     fn leftovers(&self) -> Vec<String> {
         let state = self.state();
@@ -181,14 +134,14 @@ fn lines_with<'a>(stdout: &'a str, prefix: &str) -> Vec<&'a str> {
 fn privileged_connectivity_test_passes_every_scenario_on_two_nodes() {
     let lab = Lab::new("ct");
     let started = Instant::now();
-    lab.ok(
+    lab.cilium_ok(
         "lab",
         &["up", "--clusters", "1", "--nodes", "2", "--name", &lab.name],
     );
     let up_took = started.elapsed();
 
     let test_started = Instant::now();
-    let out = lab.ok("connectivity", &["test"]);
+    let out = lab.cilium_ok("connectivity", &["test"]);
     let test_took = test_started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let names = cilium_cmd::lab::connectivity::scenario_names();
@@ -233,7 +186,7 @@ fn privileged_connectivity_test_passes_every_scenario_on_two_nodes() {
         .to_owned();
     lab.assert_clean();
 
-    let out = lab.ok(
+    let out = lab.cilium_ok(
         "connectivity",
         &["test", "--test", "^no-policies$", "-o", "json"],
     );
@@ -265,7 +218,7 @@ fn privileged_connectivity_test_passes_every_scenario_on_two_nodes() {
     lab.assert_clean();
 
     // A multi-cluster scenario on one cluster: skipped, in JSON too, and not a failure.
-    let out = lab.ok(
+    let out = lab.cilium_ok(
         "connectivity",
         &[
             "test",
@@ -285,7 +238,8 @@ fn privileged_connectivity_test_passes_every_scenario_on_two_nodes() {
 
     // Agents named on the command line: the read-only checks run, the rest is skipped.
     let status: Value =
-        serde_json::from_slice(&lab.ok("lab", &["status", "-o", "json"]).stdout).expect("status");
+        serde_json::from_slice(&lab.cilium_ok("lab", &["status", "-o", "json"]).stdout)
+            .expect("status");
     let sockets: Vec<String> = status["nodes"]
         .as_array()
         .expect("nodes")
@@ -297,7 +251,7 @@ fn privileged_connectivity_test_passes_every_scenario_on_two_nodes() {
     for socket in &sockets {
         args.extend(["--agent-socket", socket.as_str()]);
     }
-    let out = lab.ok("connectivity", &args);
+    let out = lab.cilium_ok("connectivity", &args);
     let report: Value = serde_json::from_slice(&out.stdout).expect("report JSON");
     assert_eq!(report["failed"], 0, "{report:#}");
     assert_eq!(report["passed"], 1, "{report:#}");
@@ -326,7 +280,7 @@ fn privileged_connectivity_test_passes_every_scenario_on_two_nodes() {
 
     // A packet the datapath cannot carry (IP protocol 253: conntrack knows TCP, UDP, SCTP
     // and ICMP only) is an unexpected drop, and the drop check fails on it.
-    lab.ok("lab", &["pod", "create", "dropper", "--node", "c1-n1"]);
+    lab.cilium_ok("lab", &["pod", "create", "dropper", "--node", "c1-n1"]);
     let dropper = lab
         .pods()
         .into_iter()
@@ -374,7 +328,7 @@ fn privileged_connectivity_test_passes_every_scenario_on_two_nodes() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    lab.ok("lab", &["down"]);
+    lab.cilium_ok("lab", &["down"]);
     eprintln!(
         "lab up took {up_took:.1?}, connectivity test {test_took:.1?} ({probes}), whole test \
          {:.1?}",
@@ -386,14 +340,14 @@ fn privileged_connectivity_test_passes_every_scenario_on_two_nodes() {
 fn privileged_connectivity_test_crosses_clusters_on_a_mesh() {
     let lab = Lab::new("cm");
     let started = Instant::now();
-    lab.ok(
+    lab.cilium_ok(
         "lab",
         &["up", "--clusters", "2", "--nodes", "1", "--name", &lab.name],
     );
     let up_took = started.elapsed();
 
     let test_started = Instant::now();
-    let out = lab.ok("connectivity", &["test", "-o", "json"]);
+    let out = lab.cilium_ok("connectivity", &["test", "-o", "json"]);
     let test_took = test_started.elapsed();
     let report: Value = serde_json::from_slice(&out.stdout).expect("report JSON");
     assert_eq!(report["cross_cluster"], true, "{report:#}");
@@ -446,7 +400,7 @@ fn privileged_connectivity_test_crosses_clusters_on_a_mesh() {
         .sum();
     lab.assert_clean();
 
-    lab.ok("lab", &["down"]);
+    lab.cilium_ok("lab", &["down"]);
     eprintln!(
         "2x1 lab up took {up_took:.1?}, connectivity test {test_took:.1?} ({probe_count} probes), \
          whole test {:.1?}",
@@ -458,8 +412,8 @@ fn privileged_connectivity_test_crosses_clusters_on_a_mesh() {
 fn privileged_connectivity_test_runs_on_a_lab_without_etcd() {
     let lab = Lab::new("cx");
     let started = Instant::now();
-    lab.ok("lab", &["up", "--kvstore", "memory", "--name", &lab.name]);
-    let out = lab.ok("connectivity", &["test", "-o", "json"]);
+    lab.cilium_ok("lab", &["up", "--kvstore", "memory", "--name", &lab.name]);
+    let out = lab.cilium_ok("connectivity", &["test", "-o", "json"]);
     let report: Value = serde_json::from_slice(&out.stdout).expect("report JSON");
     let multi = cilium_cmd::lab::connectivity::multi_cluster_scenario_names();
     assert_eq!(report["failed"], 0, "{report:#}");
@@ -493,7 +447,7 @@ fn privileged_connectivity_test_runs_on_a_lab_without_etcd() {
     let denied = probe("all-ingress-deny", "service/echo-other-node");
     assert_eq!(denied["actual"], "denied", "{denied:#}");
     lab.assert_clean();
-    lab.ok("lab", &["down"]);
+    lab.cilium_ok("lab", &["down"]);
     eprintln!(
         "memory lab: up and connectivity test in {:.1?}",
         started.elapsed()

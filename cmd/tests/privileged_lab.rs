@@ -8,7 +8,7 @@
 //! test leaves nothing behind either.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,76 +16,15 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-const CILIUM: &str = env!("CARGO_BIN_EXE_cilium");
+#[path = "common/lab.rs"]
+mod lab;
+
+use lab::{CILIUM, Lab};
+
 /// How long a fresh endpoint may take to be reachable (policy and ipcache on both nodes).
 const REACH: Duration = Duration::from_secs(20);
 
-/// A lab in a temp directory, taken down on drop.
-struct Lab {
-    dir: tempfile::TempDir,
-    name: String,
-}
-
 impl Lab {
-    fn new(tag: &str) -> Lab {
-        Lab {
-            dir: tempfile::tempdir().expect("lab dir"),
-            name: format!("{tag}{:x}", std::process::id()),
-        }
-    }
-
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// `cilium lab --dir DIR ARGS` (the directory first, so it never ends up after `--`).
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(CILIUM)
-            .args(["lab", "--dir"])
-            .arg(self.dir())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cilium lab")
-    }
-
-    /// `cilium lab ARGS`, which must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "cilium lab {args:?} failed:\n{}{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.logs()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `cilium lab ARGS -o json`, parsed.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend_from_slice(&["-o", "json"]);
-        serde_json::from_str(&self.ok(&all)).expect("JSON output")
-    }
-
-    /// Every log of the lab, for failure messages.
-    fn logs(&self) -> String {
-        let Ok(entries) = std::fs::read_dir(self.dir().join("logs")) else {
-            return String::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .map(|e| {
-                format!(
-                    "--- {}:\n{}\n",
-                    e.path().display(),
-                    std::fs::read_to_string(e.path()).unwrap_or_default()
-                )
-            })
-            .collect()
-    }
-
     /// `cilium lab pod exec POD -- cilium lab echo-client --connect ADDR`, retried until it
     /// succeeds or `REACH` passes.
     fn reaches(&self, pod: &str, addr: &str) -> bool {
@@ -128,12 +67,6 @@ impl Lab {
             .stderr(Stdio::null())
             .spawn()
             .expect("start echo server in pod")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.run(&["down"]);
     }
 }
 

@@ -9,7 +9,6 @@
 //! The lab has its own temp directory and a name derived from this process's PID; a guard runs
 //! `lab down` on drop, so a failing test leaves nothing behind.
 
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,7 +17,11 @@ use cilium_cmd::lab::demo::{FRONTEND, L3_L4_POLICY, POLICY_NAME};
 use model::policy::parse_documents;
 use serde_json::Value;
 
-const CILIUM: &str = env!("CARGO_BIN_EXE_cilium");
+#[path = "common/lab.rs"]
+mod lab;
+
+use lab::{CILIUM, Lab};
+
 const HUBBLE: &str = env!("CARGO_BIN_EXE_hubble");
 const DBG: &str = env!("CARGO_BIN_EXE_cilium-dbg");
 /// Upstream's demo policy, next to the workspace.
@@ -45,74 +48,7 @@ fn the_demo_policy_is_upstreams_rule1() {
     );
 }
 
-/// A lab in a temp directory, taken down on drop.
-struct Lab {
-    dir: tempfile::TempDir,
-    name: String,
-}
-
 impl Lab {
-    fn new(tag: &str) -> Lab {
-        Lab {
-            dir: tempfile::tempdir().expect("lab dir"),
-            name: format!("{tag}{:x}", std::process::id()),
-        }
-    }
-
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(CILIUM)
-            .args(["lab", "--dir"])
-            .arg(self.dir())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cilium lab")
-    }
-
-    fn ok(&self, args: &[&str]) -> Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "cilium lab {args:?} failed:\n{}{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.logs()
-        );
-        out
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend_from_slice(&["-o", "json"]);
-        serde_json::from_slice(&self.ok(&all).stdout).expect("JSON output")
-    }
-
-    fn logs(&self) -> String {
-        let Ok(entries) = std::fs::read_dir(self.dir().join("logs")) else {
-            return String::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .map(|e| {
-                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                let tail: String = text
-                    .lines()
-                    .rev()
-                    .take(30)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                format!("--- {}:\n{tail}\n", e.path().display())
-            })
-            .collect()
-    }
-
     /// One echo probe from `pod` to the deathstar service.
     fn probe(&self, pod: &str) -> Output {
         self.run(&[
@@ -185,12 +121,6 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.run(&["down"]);
-    }
-}
-
 /// Whether `pid` runs (a zombie does not).
 fn running(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -217,7 +147,7 @@ fn privileged_lab_demo_tiefighter_lands_xwing_is_denied() {
     let up_took = started.elapsed();
 
     let demo_started = Instant::now();
-    let out = lab.ok(&["demo"]);
+    let out = lab.cilium_ok("lab", &["demo"]);
     let demo_took = demo_started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -354,7 +284,7 @@ fn privileged_lab_demo_on_the_memory_kvstore_goes_through_the_agent_api() {
     let up_took = started.elapsed();
 
     let demo_started = Instant::now();
-    let out = lab.ok(&["demo"]);
+    let out = lab.cilium_ok("lab", &["demo"]);
     let demo_took = demo_started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,81 +21,16 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-const CILIUM: &str = env!("CARGO_BIN_EXE_cilium");
+#[path = "common/lab.rs"]
+mod lab;
+
+use lab::{CILIUM, Lab};
+
 const DBG: &str = env!("CARGO_BIN_EXE_cilium-dbg");
 /// How long a fresh endpoint or policy may take to show in the datapath of both nodes.
 const REACH: Duration = Duration::from_secs(20);
 
-/// A lab in a temp directory, taken down on drop.
-struct Lab {
-    dir: tempfile::TempDir,
-    name: String,
-}
-
 impl Lab {
-    fn new(tag: &str) -> Lab {
-        Lab {
-            dir: tempfile::tempdir().expect("lab dir"),
-            name: format!("{tag}{:x}", std::process::id()),
-        }
-    }
-
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// `cilium lab --dir DIR ARGS` (the directory first, so it never ends up after `--`).
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(CILIUM)
-            .args(["lab", "--dir"])
-            .arg(self.dir())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cilium lab")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "cilium lab {args:?} failed:\n{}{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.logs()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend_from_slice(&["-o", "json"]);
-        serde_json::from_str(&self.ok(&all)).expect("JSON output")
-    }
-
-    fn state(&self) -> Value {
-        serde_json::from_str(
-            &std::fs::read_to_string(self.dir().join("state.json")).expect("state file"),
-        )
-        .expect("state JSON")
-    }
-
-    /// The last lines of every log of the lab, for failure messages.
-    fn logs(&self) -> String {
-        let Ok(entries) = std::fs::read_dir(self.dir().join("logs")) else {
-            return String::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .map(|e| {
-                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = lines.get(lines.len().saturating_sub(30)..).unwrap_or(&[]);
-                format!("--- {}:\n{}\n", e.path().display(), tail.join("\n"))
-            })
-            .collect()
-    }
-
     /// One `cilium lab echo-client` probe from lab pod `pod` to `addr`.
     fn probe(&self, pod: &str, addr: &str) -> bool {
         self.run(&[
@@ -161,12 +96,6 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("cilium-dbg JSON")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.run(&["down"]);
     }
 }
 

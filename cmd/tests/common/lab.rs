@@ -1,0 +1,101 @@
+//! A lab for the privileged lab tests (`cilium lab ...` as root): its own temp directory and a
+//! name derived from the test's tag and this process's PID, so tests run in parallel, and
+//! `cilium lab down` on drop, so a failing test leaves nothing behind.
+
+// Each test binary uses a different subset of the helpers.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+pub const CILIUM: &str = env!("CARGO_BIN_EXE_cilium");
+
+/// A lab in a temp directory, taken down on drop.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+}
+
+impl Lab {
+    pub fn new(tag: &str) -> Lab {
+        Lab {
+            dir: tempfile::tempdir().expect("lab dir"),
+            name: format!("{tag}{:x}", std::process::id()),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `cilium GROUP --dir DIR ARGS` (the directory first, so it never ends up after `--`).
+    pub fn cilium(&self, group: &str, args: &[&str]) -> Output {
+        Command::new(CILIUM)
+            .args([group, "--dir"])
+            .arg(self.dir())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cilium")
+    }
+
+    /// `cilium GROUP ARGS`, which must succeed (the lab's logs in the failure message).
+    pub fn cilium_ok(&self, group: &str, args: &[&str]) -> Output {
+        let out = self.cilium(group, args);
+        assert!(
+            out.status.success(),
+            "cilium {group} {args:?} failed:\n{}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        out
+    }
+
+    /// `cilium lab ARGS`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cilium("lab", args)
+    }
+
+    /// `cilium lab ARGS`, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.cilium_ok("lab", args).stdout).into_owned()
+    }
+
+    /// `cilium lab ARGS -o json`, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("JSON output")
+    }
+
+    /// The lab's state file as JSON.
+    pub fn state(&self) -> Value {
+        let text = std::fs::read_to_string(self.dir().join("state.json")).expect("state file");
+        serde_json::from_str(&text).expect("state JSON")
+    }
+
+    /// The last lines of every log of the lab, for failure messages.
+    pub fn logs(&self) -> String {
+        let Ok(entries) = std::fs::read_dir(self.dir().join("logs")) else {
+            return String::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines.get(lines.len().saturating_sub(30)..).unwrap_or(&[]);
+                format!("--- {}:\n{}\n", e.path().display(), tail.join("\n"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
