@@ -41,7 +41,8 @@ use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinHandle;
 
 use crate::backend::{
-    Backend, BackendExt, Compare, LeaseId, LockKey, Txn, TxnOp, WatchEvent, WatchFrom, WatchStream,
+    Backend, BackendExt, CmpOp, Compare, CompareTarget, LeaseId, LockKey, Revision, Txn, TxnOp,
+    WatchEvent, WatchFrom, WatchStream,
 };
 use crate::error::Error;
 use crate::keys::{
@@ -59,6 +60,13 @@ const MAX_REUSE_ATTEMPTS: u32 = 3;
 
 /// How long the master watch waits before re-listing after the backend ended its stream.
 const WATCH_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// An id to reference for known labels, from a listing of their slave keys at `revision`.
+#[derive(Debug, Clone, Copy)]
+struct ReferenceHint {
+    id: NumericIdentity,
+    revision: Revision,
+}
 
 /// The first and the longest pause between attempts to release an identity lock whose
 /// release failed.
@@ -178,9 +186,18 @@ impl IdentityAllocator {
             });
         }
 
+        // Labels the cache knows are most often referenced by other nodes already: their
+        // slave keys are listed before the lock, and under it one transaction references that
+        // id if no slave key changed since. The lock is then held for that one request, so a
+        // burst of nodes taking up the same labels does not queue on a listing each.
+        let cached = self.shared.state().id_of(&key);
+        let hint = match cached {
+            Some(cached) => Some(self.reference_hint(&key, cached).await?),
+            None => None,
+        };
         let allocation = self
             .shared
-            .with_lock(&key, self.locked_allocate(&key))
+            .with_lock(&key, self.locked_allocate(&key, hint))
             .await?;
         let mut state = self.shared.state();
         state.hold(key.clone(), allocation.id);
@@ -188,16 +205,62 @@ impl IdentityAllocator {
         Ok(allocation)
     }
 
+    /// The id to reference for labels the cache knows as `cached`: the one live nodes'
+    /// slave keys reference, if any, else `cached`; with the revision of that listing.
+    async fn reference_hint(
+        &self,
+        key: &str,
+        cached: NumericIdentity,
+    ) -> Result<ReferenceHint, AllocatorError> {
+        let (referenced, revision) = self.find_by_slave_keys(key).await?;
+        Ok(ReferenceHint {
+            id: referenced.unwrap_or(cached),
+            revision,
+        })
+    }
+
     /// Allocation proper, under the label set's distributed lock.
-    async fn locked_allocate(&self, key: &str) -> Result<Allocation, AllocatorError> {
+    async fn locked_allocate(
+        &self,
+        key: &str,
+        hint: Option<ReferenceHint>,
+    ) -> Result<Allocation, AllocatorError> {
         let backend = &*self.shared.backend;
+        if let Some(hint) = hint {
+            // The hint holds if no slave key of these labels was written since its listing
+            // (a deleted one cannot make another id the referenced one) and the master still
+            // holds these labels.
+            let slave_prefix = format!("{}/", identity_slave_prefix(key));
+            let txn = Txn {
+                compares: vec![
+                    Compare::value(identity_master_key(hint.id), key.as_bytes().to_vec()),
+                    Compare {
+                        key: slave_prefix,
+                        target: CompareTarget::ModRevision(CmpOp::Less, hint.revision + 1),
+                        prefix: true,
+                    },
+                ],
+                success: vec![TxnOp::Put {
+                    key: identity_slave_key(key, &self.shared.node_suffix),
+                    value: hint.id.to_string().into_bytes(),
+                    lease: Some(self.shared.state().lease),
+                }],
+                failure: vec![],
+            };
+            if backend.txn(txn).await?.succeeded {
+                return Ok(Allocation {
+                    id: hint.id,
+                    is_new: false,
+                });
+            }
+        }
         let cached = self.shared.state().id_of(key);
         if let Some(cached) = cached {
             // The cache may know an older master of these labels that nobody references any
             // more, while another node (whose cache missed that master) made a new one: what
             // live nodes reference wins, as upstream's lookup of slave keys under the lock.
             // Nobody else can add references while we hold the lock, so one listing decides.
-            let id = match self.find_by_slave_keys(key).await? {
+            let id = match self.find_by_slave_keys(key).await?.0 {
                 Some(referenced) if referenced != cached => {
                     tracing::info!(labels = key, cached = %cached, %referenced, "identity cache is stale; using the identity other nodes reference");
                     referenced
@@ -261,7 +324,7 @@ impl IdentityAllocator {
                 // master not in our cache yet). Nobody else can add references while we
                 // hold the lock, so one listing decides.
                 check_slaves = false;
-                if let Some(existing) = self.find_by_slave_keys(key).await? {
+                if let (Some(existing), _) = self.find_by_slave_keys(key).await? {
                     if self.reference_existing(key, existing).await? {
                         return Ok(Allocation {
                             id: existing,
@@ -277,9 +340,12 @@ impl IdentityAllocator {
         }
     }
 
-    /// Finds the id other nodes reference for exactly these labels (their slave keys), when
-    /// the master cache has not caught up with it yet.
-    async fn find_by_slave_keys(&self, key: &str) -> Result<Option<NumericIdentity>, Error> {
+    /// Finds the id other nodes reference for exactly these labels (their slave keys), with
+    /// the revision of the listing.
+    async fn find_by_slave_keys(
+        &self,
+        key: &str,
+    ) -> Result<(Option<NumericIdentity>, Revision), Error> {
         let prefix = identity_slave_prefix(key);
         let listing = self
             .shared
@@ -287,14 +353,15 @@ impl IdentityAllocator {
             .list_prefix(&format!("{prefix}/"))
             .await?;
         let state = self.shared.state();
-        Ok(listing
+        let referenced = listing
             .kvs
             .iter()
             .filter(|kv| is_slave_key_of(&prefix, &kv.key))
             .filter_map(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<u32>().ok())
             .map(NumericIdentity::new)
             // A slave key pointing at a master of other labels is stale; skip it.
-            .find(|id| state.master(*id).is_none_or(|m| m.key == key)))
+            .find(|id| state.master(*id).is_none_or(|m| m.key == key));
+        Ok((referenced, listing.revision))
     }
 
     /// Writes this node's slave key for an existing id, re-creating the master key if it
