@@ -8,7 +8,7 @@
 //! test leaves nothing behind either.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -52,21 +52,6 @@ impl Lab {
             }
             thread::sleep(Duration::from_millis(200));
         }
-    }
-
-    /// An echo server inside pod `pod` on `port`: `pod exec` execs into it, so the child's PID
-    /// is the server's.
-    fn serve_in(&self, pod: &str, port: u16) -> Child {
-        Command::new(CILIUM)
-            .args(["lab", "pod", "exec", pod, "--dir"])
-            .arg(self.dir())
-            .args(["--", CILIUM, "lab", "echo-server", "--listen"])
-            .arg(format!("0.0.0.0:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start echo server in pod")
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -63,20 +63,6 @@ impl Lab {
             }
             thread::sleep(Duration::from_millis(250));
         }
-    }
-
-    /// An echo server inside lab pod `pod` on `port` (`pod exec` execs into it).
-    fn serve_in(&self, pod: &str, port: u16) -> Child {
-        Command::new(CILIUM)
-            .args(["lab", "pod", "exec", pod, "--dir"])
-            .arg(self.dir())
-            .args(["--", CILIUM, "lab", "echo-server", "--listen"])
-            .arg(format!("0.0.0.0:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start echo server in pod")
     }
 
     /// `cilium-dbg ARGS -o json` against node `node`'s agent.

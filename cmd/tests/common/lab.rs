@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -75,6 +75,21 @@ impl Lab {
     pub fn state(&self) -> Value {
         let text = std::fs::read_to_string(self.dir().join("state.json")).expect("state file");
         serde_json::from_str(&text).expect("state JSON")
+    }
+
+    /// An echo server inside lab pod `pod` on `port`: `pod exec` execs into it, so the
+    /// child's PID is the server's.
+    pub fn serve_in(&self, pod: &str, port: u16) -> Child {
+        Command::new(CILIUM)
+            .args(["lab", "pod", "exec", pod, "--dir"])
+            .arg(self.dir())
+            .args(["--", CILIUM, "lab", "echo-server", "--listen"])
+            .arg(format!("0.0.0.0:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start echo server in pod")
     }
 
     /// The last lines of every log of the lab, for failure messages.
