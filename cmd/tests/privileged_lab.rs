@@ -19,30 +19,17 @@ use serde_json::Value;
 #[path = "common/lab.rs"]
 mod lab;
 
-use lab::{CILIUM, Lab};
+use lab::{CILIUM, Lab, running};
 
 /// How long a fresh endpoint may take to be reachable (policy and ipcache on both nodes).
 const REACH: Duration = Duration::from_secs(20);
 
 impl Lab {
-    /// `cilium lab pod exec POD -- cilium lab echo-client --connect ADDR`, retried until it
-    /// succeeds or `REACH` passes.
+    /// A probe from `pod` to `addr`, retried until it succeeds or `REACH` passes.
     fn reaches(&self, pod: &str, addr: &str) -> bool {
         let deadline = Instant::now() + REACH;
         loop {
-            let out = self.run(&[
-                "pod",
-                "exec",
-                pod,
-                "--",
-                CILIUM,
-                "lab",
-                "echo-client",
-                "--connect",
-                addr,
-                "--timeout",
-                "1s",
-            ]);
+            let out = self.probe(pod, addr);
             if out.status.success() {
                 return true;
             }
@@ -66,17 +53,6 @@ fn pids(status: &Value) -> Vec<i32> {
         .collect()
 }
 
-/// Whether `pid` runs (a zombie waiting for its reaper does not).
-fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace().next().map(|s| s != "Z" && s != "X")
-        })
-        .unwrap_or(false)
-}
-
 /// Resident memory of `pid` in KiB.
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -90,41 +66,18 @@ fn rss_kib(pid: i32) -> u64 {
 /// Nothing of the lab is left: no namespace with its prefix, no mount under its dir, none of
 /// `pids` running, no state file.
 fn assert_gone(lab: &Lab, pids: &[i32]) {
-    let prefix = format!("{}-", lab.name);
-    let netns: Vec<String> = std::fs::read_dir("/var/run/netns")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
+    let netns = lab.namespaces_left();
     assert!(netns.is_empty(), "namespaces left: {netns:?}");
-    let dir = lab.dir().to_string_lossy().into_owned();
-    let mounts: Vec<String> = std::fs::read_to_string("/proc/mounts")
-        .expect("mounts")
-        .lines()
-        .filter(|l| l.contains(&dir))
-        .map(str::to_owned)
-        .collect();
+    let mounts = lab.mounts_left();
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-    let alive: Vec<i32> = pids.iter().copied().filter(|p| running(*p)).collect();
+    let alive: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|p| running(i64::from(*p)))
+        .collect();
     assert!(alive.is_empty(), "processes left: {alive:?}");
     // Nor any process started with the lab's directory in its arguments (agents, etcd).
-    let using_dir: Vec<String> = std::fs::read_dir("/proc")
-        .expect("proc")
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .parse::<i32>()
-                .is_ok_and(running)
-        })
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&dir))
-        .collect();
+    let using_dir = lab.processes_left();
     assert!(
         using_dir.is_empty(),
         "processes of the lab left: {using_dir:?}"
@@ -326,7 +279,7 @@ fn privileged_lab_memory_kvstore_one_node_and_down_after_lost_pid() {
         .expect("echo-server pid");
     kill(Pid::from_raw(echo_server), Signal::SIGKILL).expect("SIGKILL echo-server");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while running(echo_server) {
+    while running(i64::from(echo_server)) {
         assert!(Instant::now() < deadline, "echo-server survives SIGKILL");
         thread::sleep(Duration::from_millis(20));
     }

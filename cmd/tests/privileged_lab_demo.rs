@@ -20,10 +20,9 @@ use serde_json::Value;
 #[path = "common/lab.rs"]
 mod lab;
 
-use lab::{CILIUM, Lab};
+use lab::{CILIUM, Lab, running};
 
 const HUBBLE: &str = env!("CARGO_BIN_EXE_hubble");
-const DBG: &str = env!("CARGO_BIN_EXE_cilium-dbg");
 /// Upstream's demo policy, next to the workspace.
 const UPSTREAM_POLICY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -50,20 +49,8 @@ fn the_demo_policy_is_upstreams_rule1() {
 
 impl Lab {
     /// One echo probe from `pod` to the deathstar service.
-    fn probe(&self, pod: &str) -> Output {
-        self.run(&[
-            "pod",
-            "exec",
-            pod,
-            "--",
-            CILIUM,
-            "lab",
-            "echo-client",
-            "--connect",
-            &FRONTEND.to_string(),
-            "--timeout",
-            "1s",
-        ])
+    fn to_deathstar(&self, pod: &str) -> Output {
+        self.probe(pod, &FRONTEND.to_string())
     }
 
     /// `hubble observe --server RELAY -o json FILTERS...` in the underlay: the flows.
@@ -115,21 +102,10 @@ impl Lab {
                     .collect());
             }
             // Another attempt, so a flow missed while the relay caught up comes again.
-            let _ = self.probe(pod);
+            let _ = self.to_deathstar(pod);
             thread::sleep(Duration::from_millis(500));
         }
     }
-}
-
-/// Whether `pid` runs (a zombie does not).
-fn running(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace().next().map(|s| s != "Z" && s != "X")
-        })
-        .unwrap_or(false)
 }
 
 fn to_deathstar(flow: &Value) -> bool {
@@ -201,14 +177,14 @@ fn privileged_lab_demo_tiefighter_lands_xwing_is_denied() {
     // The tiefighter gets through the service every time (each connection picks one of the
     // backends, on either node); the xwing does not.
     for _ in 0..4 {
-        let out = lab.probe("tiefighter");
+        let out = lab.to_deathstar("tiefighter");
         assert!(
             out.status.success(),
             "tiefighter -> {FRONTEND}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let out = lab.probe("xwing");
+    let out = lab.to_deathstar("xwing");
     assert!(!out.status.success(), "xwing reached {FRONTEND}");
 
     let denied = lab.wait_flow("xwing", &|f| {
@@ -259,16 +235,7 @@ fn privileged_lab_demo_tiefighter_lands_xwing_is_denied() {
         servers.iter().all(|p| !running(*p)),
         "a deathstar server survives down"
     );
-    let prefix = format!("{}-", lab.name);
-    let left: Vec<String> = std::fs::read_dir("/var/run/netns")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = lab.namespaces_left();
     assert!(left.is_empty(), "namespaces left: {left:?}");
     eprintln!(
         "lab up took {up_took:.1?}, demo {demo_took:.1?}, whole test {:.1?}",
@@ -311,23 +278,7 @@ fn privileged_lab_demo_on_the_memory_kvstore_goes_through_the_agent_api() {
     assert!(pods.iter().all(|p| p["node"] == "c1-n1"), "{pods:?}");
 
     // The agent itself holds the service (two backends) and the rule: there is no etcd.
-    let socket = lab.dir().join("nodes/c1-n1/cilium.sock");
-    let dbg = |args: &[&str]| -> Value {
-        let out = Command::new(DBG)
-            .arg("-H")
-            .arg(format!("unix://{}", socket.display()))
-            .args(args)
-            .args(["-o", "json"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cilium-dbg");
-        assert!(
-            out.status.success(),
-            "cilium-dbg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("cilium-dbg JSON")
-    };
+    let dbg = |args: &[&str]| lab.dbg("c1-n1", args);
     let services = dbg(&["service", "list"]);
     let deathstar = services
         .as_array()
@@ -354,7 +305,7 @@ fn privileged_lab_demo_on_the_memory_kvstore_goes_through_the_agent_api() {
     );
 
     for _ in 0..4 {
-        let out = lab.probe("tiefighter");
+        let out = lab.to_deathstar("tiefighter");
         assert!(
             out.status.success(),
             "tiefighter -> {FRONTEND}: {}",
@@ -362,7 +313,7 @@ fn privileged_lab_demo_on_the_memory_kvstore_goes_through_the_agent_api() {
         );
     }
     assert!(
-        !lab.probe("xwing").status.success(),
+        !lab.to_deathstar("xwing").status.success(),
         "xwing reached {FRONTEND}"
     );
     let denied = lab.wait_flow("xwing", &|f| {
@@ -392,16 +343,7 @@ fn privileged_lab_demo_on_the_memory_kvstore_goes_through_the_agent_api() {
     );
 
     lab.ok(&["down"]);
-    let prefix = format!("{}-", lab.name);
-    let left: Vec<String> = std::fs::read_dir("/var/run/netns")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = lab.namespaces_left();
     assert!(left.is_empty(), "namespaces left: {left:?}");
     eprintln!(
         "memory lab: up took {up_took:.1?}, demo {demo_took:.1?}, whole test {:.1?}",

@@ -24,32 +24,12 @@ use serde_json::Value;
 #[path = "common/lab.rs"]
 mod lab;
 
-use lab::{CILIUM, Lab};
+use lab::{CILIUM, Lab, mounts_where, running};
 
-const DBG: &str = env!("CARGO_BIN_EXE_cilium-dbg");
 /// How long a fresh endpoint or policy may take to show in the datapath of both nodes.
 const REACH: Duration = Duration::from_secs(20);
 
 impl Lab {
-    /// One `cilium lab echo-client` probe from lab pod `pod` to `addr`.
-    fn probe(&self, pod: &str, addr: &str) -> bool {
-        self.run(&[
-            "pod",
-            "exec",
-            pod,
-            "--",
-            CILIUM,
-            "lab",
-            "echo-client",
-            "--connect",
-            addr,
-            "--timeout",
-            "1s",
-        ])
-        .status
-        .success()
-    }
-
     /// Whether `probe` gives `wanted` within [`REACH`], retried meanwhile.
     fn eventually(&self, what: &str, mut probe: impl FnMut() -> bool, wanted: bool) -> bool {
         let deadline = Instant::now() + REACH;
@@ -64,36 +44,6 @@ impl Lab {
             thread::sleep(Duration::from_millis(250));
         }
     }
-
-    /// `cilium-dbg ARGS -o json` against node `node`'s agent.
-    fn dbg(&self, node: &str, args: &[&str]) -> Value {
-        let socket = self.dir().join("nodes").join(node).join("cilium.sock");
-        let out = Command::new(DBG)
-            .arg("-H")
-            .arg(format!("unix://{}", socket.display()))
-            .args(args)
-            .args(["-o", "json"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cilium-dbg");
-        assert!(
-            out.status.success(),
-            "cilium-dbg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("cilium-dbg JSON")
-    }
-}
-
-/// Whether `pid` runs (a zombie waiting for its reaper does not).
-fn running(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace().next().map(|s| s != "Z" && s != "X")
-        })
-        .unwrap_or(false)
 }
 
 /// Every path below `dir`, recursively (a bpffs holds directories of pins).
@@ -192,30 +142,17 @@ impl Recorded {
 /// recorded PID and by the lab dir in their command line), podman's cgroups and CNI caches,
 /// links in the host, new pins in /sys/fs/bpf, the state file.
 fn assert_gone(lab: &Lab, before: &Before, recorded: &Recorded) {
-    let prefix = format!("{}-", lab.name);
-    let netns: Vec<String> = std::fs::read_dir("/var/run/netns")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix) || recorded.netns.contains(n))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut netns = lab.namespaces_left();
+    netns.extend(
+        (recorded.netns.iter())
+            .filter(|n| Path::new("/var/run/netns").join(n).exists())
+            .cloned(),
+    );
     assert!(netns.is_empty(), "namespaces left: {netns:?}");
-    let dir = lab.dir().to_string_lossy().into_owned();
-    let mounts: Vec<String> = std::fs::read_to_string("/proc/mounts")
-        .expect("mounts")
-        .lines()
-        .filter(|l| {
-            l.contains(&dir)
-                || recorded
-                    .netns
-                    .iter()
-                    .any(|n| l.contains(&format!("/netns/{n} ")))
-        })
-        .map(str::to_owned)
-        .collect();
+    let mut mounts = lab.mounts_left();
+    mounts.extend(mounts_where(|l| {
+        (recorded.netns.iter()).any(|n| l.contains(&format!("/netns/{n} ")))
+    }));
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
     let alive: Vec<i64> = recorded
         .pids
@@ -224,19 +161,7 @@ fn assert_gone(lab: &Lab, before: &Before, recorded: &Recorded) {
         .filter(|p| running(*p))
         .collect();
     assert!(alive.is_empty(), "recorded processes left: {alive:?}");
-    let using_dir: Vec<String> = std::fs::read_dir("/proc")
-        .expect("proc")
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .parse::<i64>()
-                .is_ok_and(running)
-        })
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&dir))
-        .collect();
+    let using_dir = lab.processes_left();
     assert!(
         using_dir.is_empty(),
         "processes of the lab left: {using_dir:?}"
@@ -461,7 +386,11 @@ fn privileged_lab_podman_pod_talks_to_a_lab_pod_and_obeys_policy() {
     // port 80), the container reaches the lab pod's echo server with busybox nc.
     let boxed_addr = format!("{boxed_ip}:80");
     assert!(
-        lab.eventually("friend -> boxed", || lab.probe("friend", &boxed_addr), true),
+        lab.eventually(
+            "friend -> boxed",
+            || lab.connects("friend", &boxed_addr),
+            true
+        ),
         "friend on c1-n2 cannot reach the podman pod on c1-n1\n{}",
         lab.logs()
     );
@@ -483,7 +412,7 @@ fn privileged_lab_podman_pod_talks_to_a_lab_pod_and_obeys_policy() {
     assert!(
         lab.eventually(
             "stranger -> boxed",
-            || lab.probe("stranger", &boxed_addr),
+            || lab.connects("stranger", &boxed_addr),
             true
         ),
         "the stranger cannot reach the podman pod before any policy"
@@ -511,20 +440,20 @@ fn privileged_lab_podman_pod_talks_to_a_lab_pod_and_obeys_policy() {
     assert!(
         lab.eventually(
             "stranger -> boxed",
-            || lab.probe("stranger", &boxed_addr),
+            || lab.connects("stranger", &boxed_addr),
             false
         ),
         "the stranger still reaches the podman pod under the policy\n{}",
         lab.logs()
     );
     assert!(
-        lab.probe("friend", &boxed_addr),
+        lab.connects("friend", &boxed_addr),
         "the policy turned the friend away too"
     );
 
     // `pod delete` of a netns pod leaves the podman pod alone.
     lab.ok(&["pod", "delete", "stranger"]);
-    assert!(lab.probe("friend", &boxed_addr));
+    assert!(lab.connects("friend", &boxed_addr));
 
     let node_links = ["vc1-n1".to_owned(), "vc1-n2".to_owned(), veth];
     let recorded = Recorded::of(&lab, node_links.to_vec());

@@ -11,6 +11,28 @@ use std::process::{Child, Command, Output, Stdio};
 use serde_json::Value;
 
 pub const CILIUM: &str = env!("CARGO_BIN_EXE_cilium");
+pub const DBG: &str = env!("CARGO_BIN_EXE_cilium-dbg");
+
+/// Whether `pid` runs (a zombie waiting for its reaper does not).
+pub fn running(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().next().map(|s| s != "Z" && s != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// The lines of /proc/mounts that `keep` keeps.
+pub fn mounts_where(keep: impl Fn(&str) -> bool) -> Vec<String> {
+    std::fs::read_to_string("/proc/mounts")
+        .expect("mounts")
+        .lines()
+        .filter(|l| keep(l))
+        .map(str::to_owned)
+        .collect()
+}
 
 /// A lab in a temp directory, taken down on drop.
 pub struct Lab {
@@ -90,6 +112,85 @@ impl Lab {
             .stderr(Stdio::null())
             .spawn()
             .expect("start echo server in pod")
+    }
+
+    /// One `cilium lab echo-client` probe from lab pod `pod` to `addr` (a 1 s connect timeout).
+    pub fn probe(&self, pod: &str, addr: &str) -> Output {
+        self.run(&[
+            "pod",
+            "exec",
+            pod,
+            "--",
+            CILIUM,
+            "lab",
+            "echo-client",
+            "--connect",
+            addr,
+            "--timeout",
+            "1s",
+        ])
+    }
+
+    /// Whether one probe from `pod` to `addr` connects.
+    pub fn connects(&self, pod: &str, addr: &str) -> bool {
+        self.probe(pod, addr).status.success()
+    }
+
+    /// `cilium-dbg ARGS -o json` against node `node`'s agent, which must succeed; parsed.
+    pub fn dbg(&self, node: &str, args: &[&str]) -> Value {
+        let socket = self.dir().join("nodes").join(node).join("cilium.sock");
+        let out = Command::new(DBG)
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args(args)
+            .args(["-o", "json"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cilium-dbg");
+        assert!(
+            out.status.success(),
+            "cilium-dbg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("cilium-dbg JSON")
+    }
+
+    /// Network namespaces named with this lab's prefix.
+    pub fn namespaces_left(&self) -> Vec<String> {
+        let prefix = format!("{}-", self.name);
+        std::fs::read_dir("/var/run/netns")
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Mounts below the lab's directory.
+    pub fn mounts_left(&self) -> Vec<String> {
+        let dir = self.dir().to_string_lossy().into_owned();
+        mounts_where(|line| line.contains(&dir))
+    }
+
+    /// Command lines of running processes that name the lab's directory (agents, etcd...).
+    pub fn processes_left(&self) -> Vec<String> {
+        let dir = self.dir().to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .expect("proc")
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .parse::<i64>()
+                    .is_ok_and(running)
+            })
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&dir))
+            .collect()
     }
 
     /// The last lines of every log of the lab, for failure messages.
