@@ -7,12 +7,8 @@
 # Run as root. The lab gets its own directory and name, so a lab already on the machine is left
 # alone; on any failure the lab is taken down all the same (its logs stay, their path printed).
 set -euo pipefail
+source "$(dirname "$0")/as-root.sh"
 cd "$(dirname "$0")/.."
-
-if [ "$(id -u)" != 0 ]; then
-    echo "error: run as root (sudo $0): the lab creates network namespaces and loads BPF programs" >&2
-    exit 1
-fi
 
 # Cargo puts the binaries under $CARGO_TARGET_DIR when it is set.
 cilium="${CARGO_TARGET_DIR:-target}/debug/cilium"

@@ -8,12 +8,8 @@
 # CILIUM_LAB_DIR chooses the lab directory (default /var/run/cilium-lab).
 # `target/debug/cilium lab down` removes everything again.
 set -euo pipefail
+source "$(dirname "$0")/as-root.sh"
 cd "$(dirname "$0")/.."
-
-if [ "$(id -u)" != 0 ]; then
-    echo "error: run as root (sudo $0): the lab creates network namespaces and loads BPF programs" >&2
-    exit 1
-fi
 
 scripts/install-prereqs.sh
 

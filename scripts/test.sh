@@ -3,6 +3,7 @@
 # privileged ones included (run as root: they start etcd, and later create network namespaces
 # and load BPF programs).
 set -euo pipefail
+source "$(dirname "$0")/as-root.sh"
 cd "$(dirname "$0")/.."
 
 scripts/install-prereqs.sh
