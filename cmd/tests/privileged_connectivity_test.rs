@@ -1,8 +1,11 @@
 //! Tests of `cilium connectivity test` (as root): on a lab of one cluster with two nodes every
 //! single-cluster scenario passes and the multi-cluster ones are skipped (also in `-o json`),
 //! `--test no-policies -o json` reports exactly that scenario with its same-node, cross-node,
-//! service and world probes, agents named with `--agent-socket` get the read-only checks;
-//! on a lab of two clusters every scenario passes, the cross-cluster ones included; on a
+//! service and world probes, agents named with `--agent-socket` get the read-only checks,
+//! whose drop check fails on a packet the datapath cannot carry unless
+//! `--expected-drop-reasons` adds its reason;
+//! on a lab of two clusters every scenario passes, the cross-cluster ones included, and the
+//! deny scenarios also probe the other cluster (skipped, and said so, on one cluster); on a
 //! one-node lab without etcd (`--kvstore memory`) the single-cluster scenarios pass through
 //! the agent's API. No run leaves a test pod, service or policy behind.
 //!
@@ -125,6 +128,14 @@ fn agent_leftovers(cluster: &Value) -> Vec<String> {
     found
 }
 
+/// The scenario `name` of a `-o json` report.
+fn scenario<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["scenarios"]
+        .as_array()
+        .and_then(|scenarios| scenarios.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no scenario {name}: {report:#}"))
+}
+
 /// The text report's lines that start with `prefix`.
 fn lines_with<'a>(stdout: &'a str, prefix: &str) -> Vec<&'a str> {
     stdout.lines().filter(|l| l.starts_with(prefix)).collect()
@@ -159,6 +170,21 @@ fn privileged_connectivity_test_passes_every_scenario_on_two_nodes() {
         );
     }
     assert!(lines_with(&stdout, "[FAIL]").is_empty(), "{stdout}");
+    // The deny scenarios' probes to the other cluster are skipped on one cluster, and say so.
+    for (name, skipped) in [
+        ("all-ingress-deny", 3),
+        ("echo-ingress-from-other-client-deny", 2),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("[PASS] {name} ("))
+                    && l.ends_with(&format!(
+                        "; {skipped} cross-cluster probes skipped: the lab has one cluster)"
+                    ))),
+            "{name}: {stdout}"
+        );
+    }
     // The drop check runs last and counts what this run dropped.
     let last = stdout
         .lines()
@@ -255,12 +281,7 @@ fn privileged_connectivity_test_passes_every_scenario_on_two_nodes() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("report JSON");
     assert_eq!(report["failed"], 0, "{report:#}");
     assert_eq!(report["passed"], 1, "{report:#}");
-    let drops = report["scenarios"]
-        .as_array()
-        .expect("scenarios")
-        .iter()
-        .find(|s| s["name"] == "no-unexpected-packet-drops")
-        .expect("drop check");
+    let drops = scenario(&report, "no-unexpected-packet-drops");
     assert_eq!(drops["passed"], true, "{report:#}");
     assert_eq!(drops["drops"]["since"], "agent start", "{report:#}");
     assert_eq!(drops["drops"]["agents"].as_array().map(Vec::len), Some(2));
@@ -319,6 +340,76 @@ fn privileged_connectivity_test_passes_every_scenario_on_two_nodes() {
         "{stdout}"
     );
 
+    // Upstream's --expected-drop-reasons: `+REASON` adds to the defaults, so the same drops
+    // pass, and the report says which reasons it accepted.
+    let mut expecting = args.clone();
+    expecting.extend(["--expected-drop-reasons", "+CT: Unknown L4 protocol"]);
+    let out = lab.cilium_ok("connectivity", &expecting);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+    assert_eq!(report["failed"], 0, "{report:#}");
+    let check = &scenario(&report, "no-unexpected-packet-drops")["drops"];
+    let reasons = check["expected_reasons"].as_array().expect("reasons");
+    for reason in ["CT: Unknown L4 protocol", "Policy denied"] {
+        assert!(reasons.iter().any(|r| r == reason), "{reason}: {check:#}");
+    }
+    assert!(
+        check["drops"]
+            .as_array()
+            .expect("drops")
+            .iter()
+            .any(|d| d["reason_name"] == "CT: Unknown L4 protocol" && d["expected"] == true),
+        "{check:#}"
+    );
+    // The text report of the first agent's drop check, with one --expected-drop-reasons.
+    let drop_check = |reasons: &str| {
+        let out = lab.cilium(
+            "connectivity",
+            &[
+                "test",
+                "--agent-socket",
+                &sockets[0],
+                "--test",
+                "drops",
+                &format!("--expected-drop-reasons={reasons}"),
+            ],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), stdout)
+    };
+    let (passed, stdout) = drop_check("+CT: Unknown L4 protocol");
+    assert!(
+        passed
+            && stdout.contains("[PASS] no-unexpected-packet-drops (1 agents,")
+            && stdout.contains("; expected reasons: +CT: Unknown L4 protocol"),
+        "{stdout}"
+    );
+    // `-REASON` removes a default: the policy denials of the runs above now fail the check.
+    let (passed, stdout) = drop_check("+CT: Unknown L4 protocol,-Policy denied");
+    assert!(!passed);
+    assert!(
+        stdout.contains("[FAIL] no-unexpected-packet-drops: ")
+            && stdout.contains("Policy denied (reason 133)")
+            && !stdout.contains("CT: Unknown L4 protocol"),
+        "{stdout}"
+    );
+    // A reason the datapath does not know is refused before anything runs, naming it.
+    let out = lab.cilium(
+        "connectivity",
+        &["test", "--expected-drop-reasons", "+No such drop"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"No such drop\" is not a drop reason")
+            && stderr.contains("CT: Unknown L4 protocol"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     // A filter that selects nothing is an error, not an empty success.
     let out = lab.cilium("connectivity", &["test", "--test", "^no-such-scenario$"]);
     assert!(!out.status.success());
@@ -355,12 +446,7 @@ fn privileged_connectivity_test_crosses_clusters_on_a_mesh() {
     assert_eq!(report["failed"], 0, "{report:#}");
     assert_eq!(report["skipped"], 0, "{report:#}");
     let scenarios = report["scenarios"].as_array().expect("scenarios");
-    let scenario = |name: &str| {
-        scenarios
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap_or_else(|| panic!("no scenario {name}: {report:#}"))
-    };
+    let scenario = |name: &str| scenario(&report, name);
     for name in cilium_cmd::lab::connectivity::multi_cluster_scenario_names() {
         assert_eq!(scenario(name)["passed"], true, "{name}: {report:#}");
     }
@@ -378,7 +464,7 @@ fn privileged_connectivity_test_crosses_clusters_on_a_mesh() {
         serde_json::json!(["echo-other-cluster", "echo-same-node"]),
         "{global:#}"
     );
-    // The remote cluster's policy, keyed on cluster 1, let only client2 in.
+    // The policy in the remote cluster let only client2 in, across clusters.
     let probes = scenario("clustermesh-policy-cnp-ingress")["probes"]
         .as_array()
         .expect("probes")
@@ -392,6 +478,40 @@ fn privileged_connectivity_test_crosses_clusters_on_a_mesh() {
             "{source} -> echo-other-cluster not {verdict}: {probes:#?}"
         );
     }
+    // The deny scenarios probed the other cluster too, their policy applied in both, and
+    // upstream's clustermesh-policy-cnp-egress let the clients reach it.
+    for (name, source, verdict) in [
+        ("all-ingress-deny", "client", "denied"),
+        ("all-egress-deny", "client2", "denied"),
+        ("all-entities-deny", "client", "denied"),
+        ("echo-ingress-from-other-client-deny", "client", "allowed"),
+        ("echo-ingress-from-other-client-deny", "client2", "denied"),
+        ("clustermesh-policy-cnp-egress", "client", "allowed"),
+        ("clustermesh-policy-cnp-egress", "client2", "allowed"),
+    ] {
+        let scenario = scenario(name);
+        assert_eq!(scenario["skipped_probes"], serde_json::json!([]), "{name}");
+        assert!(
+            scenario["probes"]
+                .as_array()
+                .expect("probes")
+                .iter()
+                .any(|p| {
+                    p["source"] == source
+                        && p["destination"] == "echo-other-cluster"
+                        && p["path"] == "cross-cluster"
+                        && p["actual"] == verdict
+                        && p["passed"] == true
+                }),
+            "{name}: {source} -> echo-other-cluster not {verdict}: {scenario:#}"
+        );
+    }
+    let global_denied = scenario("all-ingress-deny")["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .any(|p| p["destination"] == "service/echo-global" && p["actual"] == "denied");
+    assert!(global_denied, "{report:#}");
     let drops = scenario("no-unexpected-packet-drops");
     assert_eq!(drops["drops"]["agents"].as_array().map(Vec::len), Some(2));
     let probe_count: usize = scenarios

@@ -121,6 +121,15 @@ enum ConnectivityCommand {
         /// the agents started); scenarios that deploy pods are skipped.
         #[arg(long = "agent-socket")]
         agent_sockets: Vec<PathBuf>,
+        /// Drop reasons no-unexpected-packet-drops accepts, by upstream's names (comma-separated
+        /// or repeated), as upstream's flag: `+REASON` adds to the defaults (policy denials
+        /// and the like), `-REASON` removes from them, plain names replace them.
+        #[arg(
+            long = "expected-drop-reasons",
+            value_name = "REASON",
+            allow_hyphen_values = true
+        )]
+        expected_drop_reasons: Option<Vec<String>>,
     },
     /// Serve a test pod: echo one line back followed by NAME, until killed.
     #[command(hide = true)]
@@ -384,8 +393,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ConnectivityCommand::Test {
                     test,
                     agent_sockets,
+                    expected_drop_reasons,
                 },
         } => {
+            let expected_drops = match expected_drop_reasons {
+                Some(entries) => lab::connectivity::ExpectedDropReasons::parse(&entries)?,
+                None => lab::connectivity::ExpectedDropReasons::default(),
+            };
             let target = if agent_sockets.is_empty() {
                 lab::connectivity::Target::Lab(dir)
             } else {
@@ -394,7 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     bin_dir: bin_dir()?,
                 }
             };
-            connectivity_test(&target, test.as_deref(), json)
+            connectivity_test(&target, test.as_deref(), &expected_drops, json)
         }
         Command::Connectivity {
             command: ConnectivityCommand::EchoServer { listen, name },
@@ -410,6 +424,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn connectivity_test(
     target: &lab::connectivity::Target,
     test: Option<&str>,
+    expected_drops: &lab::connectivity::ExpectedDropReasons,
     json: bool,
 ) -> anyhow::Result<()> {
     let filter = test
@@ -419,6 +434,7 @@ fn connectivity_test(
     let report = lab::connectivity::run(
         target,
         filter.as_ref(),
+        expected_drops,
         &mut |step: &str| eprintln!("{step}"),
         &mut |scenario: &lab::connectivity::ScenarioReport| {
             if !json {
@@ -497,6 +513,10 @@ fn lab_command(dir: &Path, command: LabCommand, json: bool) -> anyhow::Result<()
                     );
                     Ok(())
                 }
+                // Refused before anything was created: nothing to inspect or take down.
+                Err(
+                    err @ (lab::LabError::AlreadyUp { .. } | lab::LabError::InvalidOption { .. }),
+                ) => Err(err.into()),
                 Err(err) => Err(anyhow!(err).context(format!(
                     "lab up failed; what was created stays recorded in {}: inspect it, then \
                      remove it with `cilium lab down --dir {}`",

@@ -15,13 +15,16 @@
 //! every agent through its API (submodule `store`), as the demo's do.
 //!
 //! Each scenario keeps upstream's name, policy and expectations: it applies its policy to
-//! its cluster (`cilium policy apply` in the underlay, as a user would), waits until every
-//! agent of that cluster has realized the new policy revision, runs its probes at once (each
-//! expected to be allowed or denied; pod-to-pod probes go to the same node, the other node
-//! and, in the multi-cluster scenarios, the other cluster; the pass line counts them by path),
-//! deletes its policy and waits again, so the next scenario starts from a clean slate.
-//! Scenarios that need two clusters are skipped on a one-cluster lab, as upstream skips what
-//! a cluster does not support. `no-unexpected-packet-drops` (submodule `drops`) runs last. The
+//! its cluster, or to every cluster as upstream does in a multi-cluster run (`cilium policy
+//! apply` in the underlay, as a user would), waits until every agent there has realized the
+//! new policy revision, runs its probes at once (each expected to be allowed or denied;
+//! pod-to-pod probes go to the same node, the other node and, in the multi-cluster scenarios
+//! and the deny scenarios on a lab with two clusters, the other cluster; the pass line counts
+//! them by path), deletes its policy and waits again, so the next scenario starts from a clean
+//! slate. Scenarios that need two clusters are skipped on a one-cluster lab, as upstream skips
+//! what a cluster does not support, and so are the cross-cluster probes of the others (the
+//! pass line says how many). `no-unexpected-packet-drops` (submodule `drops`) runs last, with
+//! upstream's expected drop reasons or those `--expected-drop-reasons` makes of them. The
 //! workload, services and policies are removed at the end, also on failure.
 //!
 //! # Against agents (`--agent-socket`)
@@ -47,11 +50,13 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use serde::Serialize;
 
-pub use drops::{DropCheck, DropCount, EXPECTED_DROP_REASONS};
+pub use drops::{
+    DropCheck, DropCount, EXPECTED_DROP_REASONS, ExpectedDropReasons, UnknownDropReason,
+};
 pub use scenarios::Verdict;
 use scenarios::{
-    NO_UNEXPECTED_PACKET_DROPS, PODS, Peer, Probe, SCENARIOS, SERVICES, Scenario, TestService,
-    render_policy,
+    NO_UNEXPECTED_PACKET_DROPS, PODS, Peer, PolicyClusters, Probe, SCENARIOS, SERVICES, Scenario,
+    TestService,
 };
 use store::Store;
 pub use whoami::serve as serve_echo;
@@ -213,6 +218,9 @@ pub struct ScenarioReport {
     pub name: String,
     pub policies: Vec<String>,
     pub probes: Vec<ProbeReport>,
+    /// The probes of the scenario that go to another cluster, by name, when the lab has only
+    /// one (they run, and are in `probes`, when it has two).
+    pub skipped_probes: Vec<String>,
     pub passed: bool,
     /// Why the scenario did not run (it needs what this target lacks); `null` when it ran.
     pub skipped: Option<String>,
@@ -229,6 +237,7 @@ impl ScenarioReport {
             name: name.to_owned(),
             policies: Vec::new(),
             probes: Vec::new(),
+            skipped_probes: Vec::new(),
             passed: false,
             skipped: None,
             error: None,
@@ -258,8 +267,12 @@ impl ScenarioReport {
                 *paths.entry(p.path.label()).or_default() += 1;
             }
             let paths: Vec<String> = paths.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            let skipped = match self.skipped_probes.len() {
+                0 => String::new(),
+                n => format!("; {n} cross-cluster probes skipped: the lab has one cluster"),
+            };
             return format!(
-                "[PASS] {} ({} probes: {})",
+                "[PASS] {} ({} probes: {}{skipped})",
                 self.name,
                 self.probes.len(),
                 paths.join(", ")
@@ -363,12 +376,14 @@ impl ConnectivityReport {
     }
 }
 
-/// Runs the scenarios whose names match `filter` (all without one) against `target`;
-/// `progress` hears each step, `finished` each scenario's result as soon as it is known. On a
-/// lab the workload, services and policies are removed afterwards, whatever happened.
+/// Runs the scenarios whose names match `filter` (all without one) against `target`, with
+/// `expected_drops` the reasons `no-unexpected-packet-drops` accepts; `progress` hears each
+/// step, `finished` each scenario's result as soon as it is known. On a lab the workload,
+/// services and policies are removed afterwards, whatever happened.
 pub fn run(
     target: &Target,
     filter: Option<&Regex>,
+    expected_drops: &ExpectedDropReasons,
     progress: &mut dyn FnMut(&str),
     finished: &mut dyn FnMut(&ScenarioReport),
 ) -> Result<ConnectivityReport, ConnectivityError> {
@@ -383,10 +398,15 @@ pub fn run(
         });
     }
     match target {
-        Target::Lab(dir) => run_lab(dir, &selected, progress, finished),
-        Target::Agents { sockets, bin_dir } => {
-            run_agents(sockets, bin_dir, &selected, progress, finished)
-        }
+        Target::Lab(dir) => run_lab(dir, &selected, expected_drops, progress, finished),
+        Target::Agents { sockets, bin_dir } => run_agents(
+            sockets,
+            bin_dir,
+            &selected,
+            expected_drops,
+            progress,
+            finished,
+        ),
     }
 }
 
@@ -395,6 +415,7 @@ fn run_agents(
     sockets: &[PathBuf],
     bin_dir: &Path,
     selected: &[&'static str],
+    expected_drops: &ExpectedDropReasons,
     progress: &mut dyn FnMut(&str),
     finished: &mut dyn FnMut(&ScenarioReport),
 ) -> Result<ConnectivityReport, ConnectivityError> {
@@ -427,7 +448,7 @@ fn run_agents(
     let mut reports = Vec::new();
     for name in selected {
         let report = if *name == NO_UNEXPECTED_PACKET_DROPS {
-            check_drops(bin_dir, &agents, None)
+            check_drops(bin_dir, &agents, None, expected_drops)
         } else {
             ScenarioReport::skipped(
                 name,
@@ -467,7 +488,12 @@ fn snapshot(bin_dir: &Path, agents: &[Agent]) -> Snapshot {
 /// The drop check over `agents`: against `baseline` when there is one, otherwise since each
 /// agent started. An agent whose counters cannot be read (now, or for the baseline) fails
 /// the check: a drop it hides would go unnoticed.
-fn check_drops(bin_dir: &Path, agents: &[Agent], baseline: Option<&Snapshot>) -> ScenarioReport {
+fn check_drops(
+    bin_dir: &Path,
+    agents: &[Agent],
+    baseline: Option<&Snapshot>,
+    expected: &ExpectedDropReasons,
+) -> ScenarioReport {
     let mut report = ScenarioReport::new(NO_UNEXPECTED_PACKET_DROPS);
     let mut check = DropCheck {
         agents: agents.iter().map(|a| a.name.clone()).collect(),
@@ -476,6 +502,7 @@ fn check_drops(bin_dir: &Path, agents: &[Agent], baseline: Option<&Snapshot>) ->
         } else {
             "agent start"
         },
+        expected_reasons: expected.names(),
         drops: Vec::new(),
     };
     let mut problems = Vec::new();
@@ -498,9 +525,11 @@ fn check_drops(bin_dir: &Path, agents: &[Agent], baseline: Option<&Snapshot>) ->
             }
         };
         match drops::read_counters(bin_dir, &agent.socket) {
-            Ok(now) => check
-                .drops
-                .extend(drops::drops_between(&agent.name, before, &now)),
+            Ok(now) => {
+                check
+                    .drops
+                    .extend(drops::drops_between(&agent.name, before, &now, expected))
+            }
             Err(problem) => problems.push(format!(
                 "cannot read the drop counters of {}: {problem}",
                 agent.name
@@ -580,6 +609,7 @@ impl Lab {
 fn run_lab(
     dir: &Path,
     selected: &[&'static str],
+    expected_drops: &ExpectedDropReasons,
     progress: &mut dyn FnMut(&str),
     finished: &mut dyn FnMut(&ScenarioReport),
 ) -> Result<ConnectivityReport, ConnectivityError> {
@@ -603,7 +633,10 @@ fn run_lab(
         &lab,
         &probing,
         needs_workload,
-        check_drops_too.then_some(baseline.as_ref()),
+        check_drops_too.then_some(DropPlan {
+            baseline: baseline.as_ref(),
+            expected: expected_drops,
+        }),
         &mut workload,
         progress,
         finished,
@@ -620,14 +653,21 @@ fn run_lab(
     ))
 }
 
+/// How the drop check runs: against the counters of `baseline` (since each agent started
+/// without one), accepting drops for the `expected` reasons.
+struct DropPlan<'a> {
+    baseline: Option<&'a Snapshot>,
+    expected: &'a ExpectedDropReasons,
+}
+
 /// Deploys the workload (into `workload`, so the caller can report on it) when a selected
 /// scenario can run, runs the scenarios (skipping those that need more clusters), then the
-/// drop check when `drops` is given (with the baseline it compares against, if any).
+/// drop check when `drops` is given.
 fn run_deployed(
     lab: &Lab,
     probing: &[&Scenario],
     needs_workload: bool,
-    drops: Option<Option<&Snapshot>>,
+    drops: Option<DropPlan<'_>>,
     workload: &mut Option<Workload>,
     progress: &mut dyn FnMut(&str),
     finished: &mut dyn FnMut(&ScenarioReport),
@@ -652,8 +692,13 @@ fn run_deployed(
         finished(&report);
         reports.push(report);
     }
-    if let Some(baseline) = drops {
-        let report = check_drops(&lab.state.bin_dir, &lab.agents(), baseline);
+    if let Some(plan) = drops {
+        let report = check_drops(
+            &lab.state.bin_dir,
+            &lab.agents(),
+            plan.baseline,
+            plan.expected,
+        );
         finished(&report);
         reports.push(report);
     }
@@ -988,48 +1033,78 @@ fn policy_names(yaml: &str) -> Result<Vec<String>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Applies the scenario's policy, waits until it is realized, probes, removes it.
+/// Applies the scenario's policy to its clusters, waits until it is realized, probes (across
+/// clusters too when the lab has two), removes it.
 fn run_scenario(
     lab: &Lab,
     scenario: &Scenario,
     workload: &Workload,
 ) -> Result<ScenarioReport, ConnectivityError> {
     let mut report = ScenarioReport::new(scenario.name);
-    let cluster = lab
-        .clusters
-        .get(scenario.policy_cluster)
-        .ok_or(ConnectivityError::NoCluster)?;
-    let policy = scenario
-        .policy
-        .map(|yaml| render_policy(yaml, lab.first_cluster_name()));
+    let clusters: Vec<&LabCluster> = match scenario.policy_clusters {
+        PolicyClusters::One(index) => {
+            vec![
+                lab.clusters
+                    .get(index)
+                    .ok_or(ConnectivityError::NoCluster)?,
+            ]
+        }
+        PolicyClusters::Every => lab.clusters.iter().collect(),
+    };
     let mut names = Vec::new();
-    if let Some(policy) = &policy {
-        let before = revisions(lab, cluster);
+    if let Some(policy) = scenario.policy {
         let applied = policy_names(policy)
             .inspect(|found| names.clone_from(found))
             .and_then(|_| {
-                apply_policy(lab, cluster, scenario.name, policy).map_err(|e| e.to_string())
-            })
-            .and_then(|()| wait_realized(lab, cluster, &before).map_err(|e| e.to_string()));
+                apply_policy_to(lab, &clusters, scenario.name, policy).map_err(|e| e.to_string())
+            });
         report.policies.clone_from(&names);
         if let Err(e) = applied {
             report.error = Some(format!("policy not in force: {e}"));
             // Whatever part of it landed must not leak into the next scenario.
-            remove_policies(lab, cluster, &names)?;
+            for cluster in &clusters {
+                remove_policies(lab, cluster, &names)?;
+            }
             return Ok(report);
         }
     }
-    report.probes = run_probes(scenario.probes, workload)?;
+    let mut probes: Vec<Probe> = scenario.probes().copied().collect();
+    if lab.clusters.len() > 1 {
+        probes.extend(scenario.cross_cluster_probes());
+    } else {
+        report.skipped_probes = scenario.cross_cluster_probes().map(probe_name).collect();
+    }
+    report.probes = run_probes(&probes, workload)?;
     for failed in report.probes.iter_mut().filter(|p| !p.passed) {
         if let Some(source) = workload.pods.get(failed.source.as_str()) {
             failed.flows = explain(lab, source.ip, failed.address);
         }
     }
-    if policy.is_some() {
-        remove_policies(lab, cluster, &names)?;
+    if scenario.policy.is_some() {
+        for cluster in &clusters {
+            remove_policies(lab, cluster, &names)?;
+        }
     }
     report.passed = report.probes.iter().all(|p| p.passed);
     Ok(report)
+}
+
+/// Applies the scenario's policy to each of `clusters`, then waits until every agent of each
+/// has realized it (applying everywhere first lets the clusters realize it side by side).
+fn apply_policy_to(
+    lab: &Lab,
+    clusters: &[&LabCluster],
+    scenario: &str,
+    policy: &str,
+) -> Result<(), ConnectivityError> {
+    let before: Vec<Vec<Option<u64>>> = clusters.iter().map(|c| revisions(lab, c)).collect();
+    for cluster in clusters {
+        apply_policy(lab, cluster, scenario, policy)?;
+    }
+    for (cluster, before) in clusters.iter().zip(&before) {
+        wait_realized(lab, cluster, before)?;
+    }
+    Ok(())
 }
 
 /// Deletes the named policies (those that exist) and waits until the agents follow.
@@ -1065,6 +1140,20 @@ struct Plan {
     answerers: BTreeSet<&'static str>,
 }
 
+/// How reports name a probe's destination: a pod's name, `service/NAME` or `world`.
+fn destination_name(peer: Peer) -> String {
+    match peer {
+        Peer::Pod(name) => name.to_owned(),
+        Peer::Service(name) | Peer::EveryBackend(name) => format!("service/{name}"),
+        Peer::World => "world".to_owned(),
+    }
+}
+
+/// `SOURCE -> DESTINATION`, a probe's name in the reports.
+fn probe_name(probe: &Probe) -> String {
+    format!("{} -> {}", probe.from, destination_name(probe.to))
+}
+
 /// Resolves a probe against the deployed workload.
 fn plan(probe: Probe, workload: &Workload) -> Result<Plan, ConnectivityError> {
     let source = workload
@@ -1082,7 +1171,8 @@ fn plan(probe: Probe, workload: &Workload) -> Result<Plan, ConnectivityError> {
             })
     };
     let is_client = |name: &str| name.starts_with("client");
-    let (kind, destination, address, path, answerers) = match probe.to {
+    let destination = destination_name(probe.to);
+    let (kind, address, path, answerers) = match probe.to {
         Peer::Pod(name) => {
             let target = pod(name)?;
             let kind = if is_client(probe.from) && is_client(name) {
@@ -1092,7 +1182,6 @@ fn plan(probe: Probe, workload: &Workload) -> Result<Plan, ConnectivityError> {
             };
             (
                 kind,
-                name.to_owned(),
                 SocketAddrV4::new(target.ip, ECHO_PORT),
                 source.path_to(target),
                 BTreeSet::from([name]),
@@ -1117,7 +1206,6 @@ fn plan(probe: Probe, workload: &Workload) -> Result<Plan, ConnectivityError> {
             }
             (
                 "pod-to-service",
-                format!("service/{name}"),
                 service.frontend,
                 path,
                 service.backends.iter().copied().collect(),
@@ -1125,7 +1213,6 @@ fn plan(probe: Probe, workload: &Workload) -> Result<Plan, ConnectivityError> {
         }
         Peer::World => (
             "pod-to-world",
-            "world".to_owned(),
             EXTERNAL_ECHO,
             PathKind::World,
             BTreeSet::new(),
@@ -1223,7 +1310,7 @@ fn attempt(plan: Plan) -> Result<ProbeReport, ConnectivityError> {
     };
     let (passed, detail) = judge(&plan, actual, &answered, detail);
     Ok(ProbeReport {
-        name: format!("{} -> {}", plan.probe.from, plan.destination),
+        name: probe_name(&plan.probe),
         kind: plan.kind,
         source: plan.probe.from.to_owned(),
         destination: plan.destination,
@@ -1421,15 +1508,21 @@ mod tests {
             let Some(yaml) = scenario.policy else {
                 continue;
             };
-            let rendered = render_policy(yaml, "c1");
-            assert!(
-                !rendered.contains("{cluster-"),
-                "{}: unrendered",
-                scenario.name
-            );
-            let names =
-                policy_names(&rendered).unwrap_or_else(|e| panic!("{}: {e}", scenario.name));
+            let names = policy_names(yaml).unwrap_or_else(|e| panic!("{}: {e}", scenario.name));
             assert!(!names.is_empty(), "{}", scenario.name);
+        }
+    }
+
+    /// Whether the probe needs a pod of the second cluster (as destination or backend).
+    fn needs_second_cluster(probe: &Probe) -> bool {
+        let remote = |name: &str| PODS.iter().any(|pod| pod.name == name && pod.cluster > 0);
+        match probe.to {
+            Peer::Pod(to) => remote(to),
+            Peer::Service(to) | Peer::EveryBackend(to) => SERVICES
+                .iter()
+                .filter(|s| s.name == to)
+                .any(|s| s.backends.iter().any(|b| remote(b))),
+            Peer::World => false,
         }
     }
 
@@ -1443,13 +1536,11 @@ mod tests {
             }
         }
         for scenario in SCENARIOS {
-            assert!(!scenario.probes.is_empty(), "{}", scenario.name);
-            assert!(
-                scenario.policy_cluster < scenario.clusters,
-                "{}",
-                scenario.name
-            );
-            for p in scenario.probes {
+            assert!(scenario.probes().next().is_some(), "{}", scenario.name);
+            if let PolicyClusters::One(index) = scenario.policy_clusters {
+                assert!(index < scenario.clusters, "{}", scenario.name);
+            }
+            for p in scenario.probes().chain(scenario.cross_cluster_probes()) {
                 assert!(pods.contains(&p.from), "{}: {}", scenario.name, p.from);
                 match p.to {
                     Peer::Pod(to) => {
@@ -1461,20 +1552,17 @@ mod tests {
                     }
                     Peer::World => {}
                 }
-                // A one-cluster scenario must not need the second cluster's pod.
-                let remote = |name: &str| {
-                    PODS.iter()
-                        .any(|pod| pod.name == name && pod.cluster >= scenario.clusters)
-                };
-                let needs_remote = match p.to {
-                    Peer::Pod(to) => remote(to),
-                    Peer::Service(to) | Peer::EveryBackend(to) => SERVICES
-                        .iter()
-                        .filter(|s| s.name == to)
-                        .any(|s| s.backends.iter().any(|b| remote(b))),
-                    Peer::World => false,
-                };
-                assert!(!needs_remote, "{}: {:?}", scenario.name, p.to);
+            }
+            // A one-cluster scenario's own probes must not need the second cluster's pod;
+            // its cross-cluster ones must, or a one-cluster lab would skip them for nothing.
+            if scenario.clusters == 1 {
+                for p in scenario.probes() {
+                    assert!(!needs_second_cluster(p), "{}: {:?}", scenario.name, p.to);
+                }
+            }
+            for p in scenario.cross_cluster_probes() {
+                assert_eq!(scenario.clusters, 1, "{}", scenario.name);
+                assert!(needs_second_cluster(p), "{}: {:?}", scenario.name, p.to);
             }
         }
         let mut names = scenario_names();
@@ -1490,23 +1578,97 @@ mod tests {
             [
                 "no-policies-cross-cluster",
                 "clustermesh-policy-cnp-ingress",
+                "clustermesh-policy-cnp-egress",
                 "cluster-entity-multi-cluster"
             ]
         );
     }
 
-    #[test]
-    fn the_cross_cluster_ingress_policy_is_keyed_on_the_first_cluster() {
-        let scenario = SCENARIOS
+    fn scenario(name: &str) -> &'static Scenario {
+        SCENARIOS
             .iter()
-            .find(|s| s.name == "clustermesh-policy-cnp-ingress")
-            .expect("scenario");
-        assert_eq!(scenario.policy_cluster, 1);
-        let rendered = render_policy(scenario.policy.unwrap_or_default(), "east");
-        assert!(
-            rendered.contains("io.cilium.k8s.policy.cluster: \"east\""),
-            "{rendered}"
-        );
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no scenario {name}"))
+    }
+
+    #[test]
+    fn deny_scenarios_also_probe_the_other_cluster_with_their_policy_in_both() {
+        for (name, client, client2) in [
+            ("all-ingress-deny", Verdict::Denied, Verdict::Denied),
+            ("all-egress-deny", Verdict::Denied, Verdict::Denied),
+            ("all-entities-deny", Verdict::Denied, Verdict::Denied),
+            (
+                "echo-ingress-from-other-client-deny",
+                Verdict::Allowed,
+                Verdict::Denied,
+            ),
+        ] {
+            let scenario = scenario(name);
+            assert_eq!(scenario.policy_clusters, PolicyClusters::Every, "{name}");
+            for (from, expect) in [("client", client), ("client2", client2)] {
+                assert!(
+                    scenario.cross_cluster_probes().any(|p| p.from == from
+                        && p.to == Peer::Pod("echo-other-cluster")
+                        && p.expect == expect),
+                    "{name}: no {from} -> echo-other-cluster {expect}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_clustermesh_policies_select_peers_of_every_cluster() {
+        use model::labels::{Label, Labels, keys};
+        let pod = |key: &str, value: &str, cluster: &str| -> Labels {
+            [
+                Label::k8s(key, value),
+                Label::k8s(keys::POLICY_CLUSTER, cluster),
+            ]
+            .into_iter()
+            .collect()
+        };
+        // Upstream runs them with the single-cluster scenarios' policies, in every cluster;
+        // each policy has one peer selector (ingress for one, egress for the other).
+        for (name, same_as, wanted, unwanted) in [
+            (
+                "clustermesh-policy-cnp-ingress",
+                "echo-ingress",
+                ("other", "client"),
+                ("kind", "client"),
+            ),
+            (
+                "clustermesh-policy-cnp-egress",
+                "client-egress",
+                ("kind", "echo"),
+                ("kind", "client"),
+            ),
+        ] {
+            let scenario = scenario(name);
+            assert_eq!(scenario.clusters, 2, "{name}");
+            assert_eq!(scenario.policy_clusters, PolicyClusters::Every, "{name}");
+            assert_eq!(scenario.policy, self::scenario(same_as).policy, "{name}");
+            let yaml = scenario.policy.unwrap_or_default();
+            let docs = crate::cluster_cli::policy::parse_policies(yaml).expect("policy");
+            let peers: Vec<_> = docs
+                .iter()
+                .flat_map(|d| d.rules())
+                .flat_map(|r| {
+                    let from = r.ingress.into_iter().flat_map(|i| i.from_endpoints);
+                    let to = r.egress.into_iter().flat_map(|e| e.to_endpoints);
+                    from.chain(to).collect::<Vec<_>>()
+                })
+                .collect();
+            let [peer] = peers.as_slice() else {
+                panic!("{name}: one peer expected: {peers:?}");
+            };
+            // Naming the cluster key keeps the engine from narrowing it to the local cluster.
+            assert!(peer.has_cluster_key(), "{name}");
+            let (key, value) = wanted;
+            assert!(peer.matches(&pod(key, value, "c1")), "{name}");
+            assert!(peer.matches(&pod(key, value, "c2")), "{name}");
+            let (key, value) = unwanted;
+            assert!(!peer.matches(&pod(key, value, "c2")), "{name}");
+        }
     }
 
     fn probe_report(passed: bool, path: PathKind) -> ProbeReport {
@@ -1554,6 +1716,15 @@ mod tests {
             passed.line(),
             "[PASS] echo-ingress (3 probes: 2 cross-node, 1 same-node)"
         );
+        let one_cluster = ScenarioReport {
+            skipped_probes: vec!["client -> echo-other-cluster".to_owned(); 2],
+            ..passed.clone()
+        };
+        assert_eq!(
+            one_cluster.line(),
+            "[PASS] echo-ingress (3 probes: 2 cross-node, 1 same-node; 2 cross-cluster probes \
+             skipped: the lab has one cluster)"
+        );
         let skipped = ScenarioReport::skipped("no-policies-cross-cluster", "why".to_owned());
         assert_eq!(skipped.line(), "[SKIP] no-policies-cross-cluster: why");
         let json = serde_json::to_value(&skipped).expect("json");
@@ -1585,17 +1756,32 @@ mod tests {
             socket: PathBuf::from("/nonexistent/cilium.sock"),
         }];
         let baseline = Snapshot::from([("c1-n1".to_owned(), Err("refused".to_owned()))]);
-        let report = check_drops(Path::new("/nonexistent"), &agents, Some(&baseline));
+        let report = check_drops(
+            Path::new("/nonexistent"),
+            &agents,
+            Some(&baseline),
+            &ExpectedDropReasons::default(),
+        );
         assert!(!report.passed);
         let error = report.error.unwrap_or_default();
         assert!(
             error.contains("no snapshot") && error.contains("refused"),
             "{error}"
         );
-        let report = check_drops(Path::new("/nonexistent"), &agents, Some(&Snapshot::new()));
+        let report = check_drops(
+            Path::new("/nonexistent"),
+            &agents,
+            Some(&Snapshot::new()),
+            &ExpectedDropReasons::default(),
+        );
         assert!(!report.passed);
         // Without a baseline the counters themselves must be read; here they cannot be.
-        let report = check_drops(Path::new("/nonexistent"), &agents, None);
+        let report = check_drops(
+            Path::new("/nonexistent"),
+            &agents,
+            None,
+            &ExpectedDropReasons::default(),
+        );
         assert!(!report.passed);
         assert!(
             report
@@ -1610,6 +1796,7 @@ mod tests {
         let check = DropCheck {
             agents: vec!["c1-n2".to_owned()],
             since: "test run",
+            expected_reasons: ExpectedDropReasons::default().names(),
             drops,
         };
         let passed = check.unexpected().next().is_none();
@@ -1687,6 +1874,7 @@ mod tests {
         let err = run(
             &Target::Lab(dir.path().to_owned()),
             Some(&filter),
+            &ExpectedDropReasons::default(),
             &mut |_| {},
             &mut |_| {},
         )
@@ -1708,6 +1896,7 @@ mod tests {
                 bin_dir: dir.path().to_owned(),
             },
             None,
+            &ExpectedDropReasons::default(),
             &mut |_| {},
             &mut |_| {},
         )
@@ -1723,6 +1912,7 @@ mod tests {
                 bin_dir: dir.path().to_owned(),
             },
             None,
+            &ExpectedDropReasons::default(),
             &mut |_| {},
             &mut |_| {},
         )

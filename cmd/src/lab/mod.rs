@@ -105,7 +105,10 @@ pub enum LabError {
         output: String,
         hint: &'static str,
     },
-    #[error("a lab is already recorded in {state}: run `cilium lab down --dir {dir}` first")]
+    #[error(
+        "a lab is already up in {dir} (recorded in {state}; `cilium lab status --dir {dir}` \
+         shows it): take it down first with `cilium lab down --dir {dir}`, or pass another --dir"
+    )]
     AlreadyUp { state: PathBuf, dir: PathBuf },
     #[error("no lab in {dir}: run `cilium lab up --dir {dir}` first")]
     NotUp { dir: PathBuf },

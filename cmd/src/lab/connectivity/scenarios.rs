@@ -2,8 +2,10 @@
 //! front of it, and the scenarios (upstream tests) with their policies and probes.
 //!
 //! Everything here is data; the parent module applies it to a lab. Policies are upstream's
-//! manifests with `namespace: cilium-test` added (the CLI applies them to that namespace);
-//! `{cluster-1}` in a policy stands for the name of the lab's first cluster.
+//! manifests with `namespace: cilium-test` added (the CLI applies them to that namespace).
+//! Upstream's manifests mark the selectors meant to reach other clusters with an `Exists`
+//! requirement on `io.cilium.k8s.policy.cluster`, since selectors without the cluster key
+//! select the local cluster only; the ones here keep that mark.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -137,17 +139,44 @@ const fn probe(from: &'static str, to: Peer, expect: Verdict) -> Probe {
 use Peer::{EveryBackend, Pod, Service, World};
 use Verdict::{Allowed, Denied};
 
-/// One scenario: upstream's test name, its policy (YAML documents, applied to the kvstore of
-/// cluster `policy_cluster`), how many clusters it needs, and its probes.
+/// Which clusters' kvstores a scenario's policy goes into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PolicyClusters {
+    /// One cluster, by index.
+    One(usize),
+    /// Every cluster of the lab, as upstream applies a test's policies to every cluster of a
+    /// multi-cluster run.
+    Every,
+}
+
+/// One scenario: upstream's test name, its policy (YAML documents) and where it goes, how
+/// many clusters it needs, and its probes, in groups (upstream's `PodToPod` and the like, and
+/// single probes) so the table names what it reuses.
 pub(super) struct Scenario {
     pub name: &'static str,
     pub policy: Option<&'static str>,
-    pub policy_cluster: usize,
+    pub policy_clusters: PolicyClusters,
     pub clusters: usize,
-    pub probes: &'static [Probe],
+    probes: &'static [&'static [Probe]],
+    /// Probes to the other cluster's workload, run when the lab has a second cluster and
+    /// skipped otherwise: upstream probes every echo pod it deployed, the other cluster's too.
+    cross_cluster: &'static [&'static [Probe]],
 }
 
-/// Upstream `client-egress-to-echo.yaml`: clients may talk to echo pods on 8080 only.
+impl Scenario {
+    /// The probes the scenario runs on every lab it runs on.
+    pub fn probes(&self) -> impl Iterator<Item = &'static Probe> + use<> {
+        self.probes.iter().flat_map(|group| group.iter())
+    }
+
+    /// The probes to the other cluster, for a lab that has one.
+    pub fn cross_cluster_probes(&self) -> impl Iterator<Item = &'static Probe> + use<> {
+        self.cross_cluster.iter().flat_map(|group| group.iter())
+    }
+}
+
+/// Upstream `client-egress-to-echo.yaml`: clients may talk to echo pods on 8080 only, those of
+/// every cluster (the cluster key's `Exists` lifts the local-cluster default of selectors).
 const CLIENT_EGRESS_TO_ECHO: &str = r#"apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata:
@@ -161,6 +190,8 @@ spec:
   - toEndpoints:
     - matchLabels:
         kind: echo
+      matchExpressions:
+      - { key: io.cilium.k8s.policy.cluster, operator: Exists }
     toPorts:
     - ports:
       - port: "8080"
@@ -225,7 +256,8 @@ spec:
         other: client
 "#;
 
-/// Upstream `echo-ingress-from-other-client.yaml`: echo pods accept only `other=client` on 8080.
+/// Upstream `echo-ingress-from-other-client.yaml`: echo pods accept only `other=client`, of any
+/// cluster, on 8080.
 const ECHO_INGRESS_FROM_OTHER_CLIENT: &str = r#"apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata:
@@ -239,6 +271,8 @@ spec:
   - fromEndpoints:
     - matchLabels:
         other: client
+      matchExpressions:
+      - { key: io.cilium.k8s.policy.cluster, operator: Exists }
     toPorts:
     - ports:
       - port: "8080"
@@ -246,7 +280,7 @@ spec:
 "#;
 
 /// Upstream `echo-ingress-from-other-client-deny.yaml` with the allow-all ingress it is tested
-/// against: everything may reach the echo pods except `other=client`.
+/// against: everything may reach the echo pods except `other=client` of any cluster.
 const ECHO_INGRESS_FROM_OTHER_CLIENT_DENY: &str = r#"apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata:
@@ -271,6 +305,8 @@ spec:
   - fromEndpoints:
     - matchLabels:
         other: client
+      matchExpressions:
+      - { key: io.cilium.k8s.policy.cluster, operator: Exists }
 "#;
 
 /// Upstream `deny-all-ingress.yaml`: an empty ingress rule selects default deny, allows nothing.
@@ -364,51 +400,32 @@ spec:
     - cluster
 "#;
 
-/// Upstream `echo-ingress-from-other-client.yaml` for the other cluster's echo pod. Selectors
-/// without `io.cilium.k8s.policy.cluster` select the local cluster only, so reaching clients
-/// of cluster 1 takes the cluster key.
-const ECHO_INGRESS_FROM_OTHER_CLIENT_CROSS_CLUSTER: &str = r#"apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: echo-ingress-from-other-client
-  namespace: cilium-test
-spec:
-  endpointSelector:
-    matchLabels:
-      kind: echo
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        other: client
-        io.cilium.k8s.policy.cluster: "{cluster-1}"
-    toPorts:
-    - ports:
-      - port: "8080"
-        protocol: TCP
-"#;
-
 /// Upstream `PodToPod`: every client to every echo pod of cluster 1.
-macro_rules! pod_to_pod {
-    ($client:expr, $client2:expr) => {
-        [
-            probe("client", Pod("echo-same-node"), $client),
-            probe("client", Pod("echo-other-node"), $client),
-            probe("client2", Pod("echo-same-node"), $client2),
-            probe("client2", Pod("echo-other-node"), $client2),
-        ]
-    };
+const fn pod_to_pod(client: Verdict, client2: Verdict) -> [Probe; 4] {
+    [
+        probe("client", Pod("echo-same-node"), client),
+        probe("client", Pod("echo-other-node"), client),
+        probe("client2", Pod("echo-same-node"), client2),
+        probe("client2", Pod("echo-other-node"), client2),
+    ]
+}
+
+/// Upstream `PodToPod` towards the other cluster's echo pod, from each client.
+const fn pod_to_other_cluster(client: Verdict, client2: Verdict) -> [Probe; 2] {
+    [
+        probe("client", Pod("echo-other-cluster"), client),
+        probe("client2", Pod("echo-other-cluster"), client2),
+    ]
 }
 
 /// Upstream `PodToService`: every client to both echo services.
-macro_rules! pod_to_service {
-    ($client:expr, $client2:expr) => {
-        [
-            probe("client", Service("echo-same-node"), $client),
-            probe("client", Service("echo-other-node"), $client),
-            probe("client2", Service("echo-same-node"), $client2),
-            probe("client2", Service("echo-other-node"), $client2),
-        ]
-    };
+const fn pod_to_service(client: Verdict, client2: Verdict) -> [Probe; 4] {
+    [
+        probe("client", Service("echo-same-node"), client),
+        probe("client", Service("echo-other-node"), client),
+        probe("client2", Service("echo-same-node"), client2),
+        probe("client2", Service("echo-other-node"), client2),
+    ]
 }
 
 /// The scenario that reads the agents' drop counters; it runs after every other one.
@@ -419,39 +436,30 @@ pub(super) const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "no-policies",
         policy: None,
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::One(0),
         clusters: 1,
-        probes: &{
-            let [a, b, c, d] = pod_to_pod!(Allowed, Allowed);
-            let [e, f, g, h] = pod_to_service!(Allowed, Allowed);
-            [
-                a,
-                b,
-                c,
-                d,
+        probes: &[
+            &pod_to_pod(Allowed, Allowed),
+            &[
                 probe("client", Pod("client2"), Allowed),
                 probe("client2", Pod("client"), Allowed),
-                e,
-                f,
-                g,
-                h,
+            ],
+            &pod_to_service(Allowed, Allowed),
+            &[
                 probe("client", World, Allowed),
                 probe("client2", World, Allowed),
-            ]
-        },
+            ],
+        ],
+        cross_cluster: &[],
     },
     Scenario {
         name: "all-ingress-deny",
         policy: Some(ALL_INGRESS_DENY),
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::Every,
         clusters: 1,
-        probes: &{
-            let [a, b, c, d] = pod_to_pod!(Denied, Denied);
-            [
-                a,
-                b,
-                c,
-                d,
+        probes: &[
+            &pod_to_pod(Denied, Denied),
+            &[
                 probe("client", Pod("client2"), Denied),
                 probe("client2", Pod("client"), Denied),
                 // The ingress policy is the backend's: a service changes nothing.
@@ -459,168 +467,181 @@ pub(super) const SCENARIOS: &[Scenario] = &[
                 probe("client", Service("echo-other-node"), Denied),
                 // Replies from the world are not ingress connections.
                 probe("client", World, Allowed),
-            ]
-        },
+            ],
+        ],
+        cross_cluster: &[
+            &pod_to_other_cluster(Denied, Denied),
+            &[probe("client", Service("echo-global"), Denied)],
+        ],
     },
     Scenario {
         name: "all-egress-deny",
         policy: Some(ALL_EGRESS_DENY),
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::Every,
         clusters: 1,
-        probes: &{
-            let [a, b, c, d] = pod_to_pod!(Denied, Denied);
-            [
-                a,
-                b,
-                c,
-                d,
+        probes: &[
+            &pod_to_pod(Denied, Denied),
+            &[
                 probe("client", Pod("client2"), Denied),
                 probe("client", Service("echo-other-node"), Denied),
                 probe("client", World, Denied),
-            ]
-        },
+            ],
+        ],
+        cross_cluster: &[
+            &pod_to_other_cluster(Denied, Denied),
+            &[probe("client", Service("echo-global"), Denied)],
+        ],
     },
     Scenario {
         name: "all-entities-deny",
         policy: Some(ALL_ENTITIES_DENY),
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::Every,
         clusters: 1,
-        probes: &{
-            let [a, b, c, d] = pod_to_pod!(Denied, Denied);
-            [a, b, c, d, probe("client", World, Denied)]
-        },
+        probes: &[
+            &pod_to_pod(Denied, Denied),
+            &[probe("client", World, Denied)],
+        ],
+        cross_cluster: &[&pod_to_other_cluster(Denied, Denied)],
     },
     Scenario {
         name: "client-ingress",
         policy: Some(CLIENT_INGRESS_FROM_CLIENT2),
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::One(0),
         clusters: 1,
-        probes: &[
+        probes: &[&[
             probe("client2", Pod("client"), Allowed),
             probe("client", Pod("client2"), Denied),
-        ],
+        ]],
+        cross_cluster: &[],
     },
     Scenario {
         name: "echo-ingress",
         policy: Some(ECHO_INGRESS_FROM_OTHER_CLIENT),
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::One(0),
         clusters: 1,
-        probes: &{
-            let [a, b, c, d] = pod_to_pod!(Denied, Allowed);
-            let [e, f, g, h] = pod_to_service!(Denied, Allowed);
-            [a, b, c, d, e, f, g, h]
-        },
+        probes: &[
+            &pod_to_pod(Denied, Allowed),
+            &pod_to_service(Denied, Allowed),
+        ],
+        cross_cluster: &[],
     },
     Scenario {
         name: "echo-ingress-from-other-client-deny",
         policy: Some(ECHO_INGRESS_FROM_OTHER_CLIENT_DENY),
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::Every,
         clusters: 1,
-        probes: &pod_to_pod!(Allowed, Denied),
+        probes: &[&pod_to_pod(Allowed, Denied)],
+        // The other cluster's copy of the policy denies this cluster's `other=client` too.
+        cross_cluster: &[&pod_to_other_cluster(Allowed, Denied)],
     },
     Scenario {
         name: "client-egress",
         policy: Some(CLIENT_EGRESS_TO_ECHO),
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::One(0),
         clusters: 1,
-        probes: &{
-            let [a, b, c, d] = pod_to_pod!(Allowed, Allowed);
-            [
-                a,
-                b,
-                c,
-                d,
+        probes: &[
+            &pod_to_pod(Allowed, Allowed),
+            &[
                 // Egress policy sees the backend a service picked, not the frontend.
                 probe("client", Service("echo-same-node"), Allowed),
                 probe("client", Service("echo-other-node"), Allowed),
                 probe("client", World, Denied),
-            ]
-        },
+            ],
+        ],
+        cross_cluster: &[],
     },
     Scenario {
         name: "client-egress-expression",
         policy: Some(CLIENT_EGRESS_TO_ECHO_EXPRESSION),
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::One(0),
         clusters: 1,
-        probes: &{
-            let [a, b, c, d] = pod_to_pod!(Allowed, Allowed);
-            [a, b, c, d, probe("client2", World, Denied)]
-        },
+        probes: &[
+            &pod_to_pod(Allowed, Allowed),
+            &[probe("client2", World, Denied)],
+        ],
+        cross_cluster: &[],
     },
     Scenario {
         name: "client-egress-to-echo-port-range",
         policy: Some(CLIENT_EGRESS_TO_ECHO_PORT_RANGE),
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::One(0),
         clusters: 1,
-        probes: &{
-            let [a, b, c, d] = pod_to_pod!(Allowed, Allowed);
-            [a, b, c, d, probe("client", World, Denied)]
-        },
+        probes: &[
+            &pod_to_pod(Allowed, Allowed),
+            &[probe("client", World, Denied)],
+        ],
+        cross_cluster: &[],
     },
     Scenario {
         name: "to-entities-world",
         policy: Some(CLIENT_EGRESS_TO_ENTITIES_WORLD),
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::One(0),
         clusters: 1,
-        probes: &[
+        probes: &[&[
             probe("client", World, Allowed),
             probe("client2", World, Allowed),
             probe("client", Pod("echo-same-node"), Denied),
             probe("client", Pod("echo-other-node"), Denied),
             // A ClusterIP is not the world: the backend behind it is a pod.
             probe("client", Service("echo-other-node"), Denied),
-        ],
+        ]],
+        cross_cluster: &[],
     },
     Scenario {
         name: "to-cidr-external",
         policy: Some(CLIENT_EGRESS_TO_CIDR_EXTERNAL),
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::One(0),
         clusters: 1,
-        probes: &[
+        probes: &[&[
             probe("client", World, Allowed),
             probe("client2", World, Allowed),
             probe("client", Pod("echo-same-node"), Denied),
             probe("client2", Pod("echo-other-node"), Denied),
-        ],
+        ]],
+        cross_cluster: &[],
     },
     Scenario {
         name: "no-policies-cross-cluster",
         policy: None,
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::One(0),
         clusters: 2,
         probes: &[
-            probe("client", Pod("echo-other-cluster"), Allowed),
-            probe("client2", Pod("echo-other-cluster"), Allowed),
-            probe("client", EveryBackend("echo-global"), Allowed),
+            &pod_to_other_cluster(Allowed, Allowed),
+            &[probe("client", EveryBackend("echo-global"), Allowed)],
         ],
+        cross_cluster: &[],
     },
     Scenario {
         name: "clustermesh-policy-cnp-ingress",
-        policy: Some(ECHO_INGRESS_FROM_OTHER_CLIENT_CROSS_CLUSTER),
-        policy_cluster: 1,
+        policy: Some(ECHO_INGRESS_FROM_OTHER_CLIENT),
+        policy_clusters: PolicyClusters::Every,
+        clusters: 2,
+        probes: &[&pod_to_other_cluster(Denied, Allowed)],
+        cross_cluster: &[],
+    },
+    Scenario {
+        name: "clustermesh-policy-cnp-egress",
+        policy: Some(CLIENT_EGRESS_TO_ECHO),
+        policy_clusters: PolicyClusters::Every,
         clusters: 2,
         probes: &[
-            probe("client2", Pod("echo-other-cluster"), Allowed),
-            probe("client", Pod("echo-other-cluster"), Denied),
-            // The policy lives in the other cluster: cluster 1's echo pods stay open.
-            probe("client", Pod("echo-same-node"), Allowed),
+            &pod_to_other_cluster(Allowed, Allowed),
+            // Upstream probes the other cluster only; the world shows the policy is in force.
+            &[probe("client", World, Denied)],
         ],
+        cross_cluster: &[],
     },
     Scenario {
         name: "cluster-entity-multi-cluster",
         policy: Some(ALLOW_CLUSTER_ENTITY),
-        policy_cluster: 0,
+        policy_clusters: PolicyClusters::One(0),
         clusters: 2,
-        probes: &[
+        probes: &[&[
             probe("client", Pod("echo-same-node"), Allowed),
             probe("client", Pod("echo-other-node"), Allowed),
             probe("client", Pod("echo-other-cluster"), Denied),
             probe("client", World, Denied),
-        ],
+        ]],
+        cross_cluster: &[],
     },
 ];
-
-/// A policy with `{cluster-1}` replaced by the name of the lab's first cluster.
-pub(super) fn render_policy(yaml: &str, cluster_1: &str) -> String {
-    yaml.replace("{cluster-1}", cluster_1)
-}
