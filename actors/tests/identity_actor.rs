@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, Context, Handler, MessageResult};
 use actors::identity::{
-    AllocateCidrIdentities, AllocateIdentity, AllocatedIdentity, Dump, IdentitiesChanged,
-    IdentityActor, IdentityBackend, IdentityConfig, IdentityError, IdentityMode, ListIdentities,
-    LookupIdentity, ReleaseCidrIdentities, ReleaseIdentity, RestoreCidrIdentities,
+    AllocateCidrIdentities, AllocateIdentity, AllocatedIdentity, Dump, Generation,
+    IdentitiesChanged, IdentityActor, IdentityBackend, IdentityConfig, IdentityError, IdentityMode,
+    ListIdentities, LookupIdentity, ReleaseCidrIdentities, ReleaseIdentity, RestoreCidrIdentities,
 };
 use actors::ipcache::{DeleteIp, Effective, Source, UpsertIp};
 use actors::policy::CidrIdentitiesWanted;
@@ -207,6 +207,39 @@ async fn local_mode_allocates_from_the_cluster_range_with_refcounts() {
     let dump = actor.send(Dump).await.unwrap();
     assert_eq!(dump.mode, IdentityMode::Local);
     assert!(dump.synced && dump.references.is_empty());
+}
+
+/// The generation tells a poller (Hubble's enrichment) whether a listing would differ: it moves
+/// with every published change and stays put otherwise.
+#[actix::test]
+async fn the_generation_moves_with_every_published_change_and_only_then() {
+    let (actor, subscriber) = start(IdentityBackend::Local, ClusterId::new(3));
+    settle().await;
+    let reserved = actor.send(Generation).await.unwrap();
+    assert_eq!(subscriber.take().len(), 1);
+    assert!(reserved > 0, "the reserved identities were published");
+    let allocate = || AllocateIdentity {
+        labels: labels("a"),
+        preferred: None,
+    };
+    assert!(actor.send(allocate()).await.unwrap().unwrap().is_new);
+    let allocated = actor.send(Generation).await.unwrap();
+    assert!(allocated > reserved);
+    // Another reference, a lookup and a listing change nothing anybody sees.
+    assert!(!actor.send(allocate()).await.unwrap().unwrap().is_new);
+    let _ = actor.send(ListIdentities).await.unwrap();
+    assert_eq!(actor.send(Generation).await.unwrap(), allocated);
+    let release = || ReleaseIdentity {
+        labels: labels("a"),
+    };
+    actor.send(release()).await.unwrap().unwrap();
+    assert_eq!(actor.send(Generation).await.unwrap(), allocated);
+    // The last reference goes, and so does the identity.
+    actor.send(release()).await.unwrap().unwrap();
+    settle().await;
+    let removed = subscriber.take();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    assert!(actor.send(Generation).await.unwrap() > allocated);
 }
 
 #[actix::test]

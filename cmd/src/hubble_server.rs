@@ -9,13 +9,16 @@
 //!   (clients read the ring at their own pace and are told what they missed), and it reports
 //!   the datapath's own losses (a full event ring buffer) as `PERF_EVENT_RING_BUFFER` lost
 //!   events;
-//! - the state sync: every second copies endpoints, ipcache host entries and identity labels
-//!   from the actors into the [`EnrichmentCache`] the parser reads, and the node list (the node
-//!   manager's in kvstore mode, else this node) into the Peer service's set;
+//! - the state sync: every 100 ms asks the endpoint manager, the ipcache and the identity
+//!   allocator how many changes they have seen, and copies endpoints, ipcache host entries and
+//!   identity labels into the [`EnrichmentCache`] the parser reads only from those that moved
+//!   (so a new pod's flows carry its name within about 100 ms, and an idle agent copies
+//!   nothing); every second it copies the node list (the node manager's in kvstore mode, else
+//!   this node) into the Peer service's set;
 //! - the gRPC and metrics servers.
 //!
-//! The parser reads only the cache, never an actor, so a busy actor delays enrichment by at
-//! most a sync period and never the reader.
+//! The parser reads only the cache, never an actor, so a busy actor delays enrichment and
+//! never the reader.
 
 use std::future::Future;
 use std::io;
@@ -50,8 +53,11 @@ use crate::metrics::parse_listen_addr;
 /// Upstream's default `--hubble-socket-path`.
 pub const DEFAULT_SOCKET_PATH: &str = "/var/run/cilium/hubble.sock";
 
-/// How often the enrichment cache and the peer set are refreshed from the actors.
-const SYNC_PERIOD: Duration = Duration::from_secs(1);
+/// How often the actors are asked whether the enrichment cache is behind: three small messages
+/// when nothing changed, so it can be often.
+const ENRICHMENT_PERIOD: Duration = Duration::from_millis(100);
+/// How often the peer set is refreshed from the node list (which can be thousands of nodes).
+const PEERS_PERIOD: Duration = Duration::from_secs(1);
 
 /// How Hubble is served, from the agent's flags.
 #[derive(Debug, Clone)]
@@ -460,19 +466,26 @@ async fn sync_state(
     hubble_port: u16,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(SYNC_PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ipcache_seen = None;
+    let mut enrichment = tokio::time::interval(ENRICHMENT_PERIOD);
+    enrichment.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peers_tick = tokio::time::interval(PEERS_PERIOD);
+    peers_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = Seen::default();
     loop {
-        tokio::select! {
+        // Decided before any await, so the stop signal's borrow is not held across one.
+        let peers_due = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(actor) = sync_enrichment(&handles, &cache, &mut ipcache_seen).await {
-            tracing::warn!(
-                actor,
-                "cannot refresh Hubble's enrichment: the actor is gone"
-            );
+            _ = enrichment.tick() => false,
+            _ = peers_tick.tick() => true,
+        };
+        if !peers_due {
+            if let Err(actor) = sync_enrichment(&handles, &cache, &mut seen).await {
+                tracing::warn!(
+                    actor,
+                    "cannot refresh Hubble's enrichment: the actor is gone"
+                );
+            }
+            continue;
         }
         match peer_set(&handles, node_ip, hubble_port).await {
             Some(set) => {
@@ -489,47 +502,79 @@ async fn sync_state(
     }
 }
 
-/// Copies endpoints, ipcache host entries and identity labels into the cache. The ipcache
-/// (100k entries and more with ClusterMesh) is copied only when its generation moved since
-/// `ipcache_seen`.
+/// The generations of the actors' state last copied into the cache.
+#[derive(Debug, Default)]
+struct Seen {
+    endpoints: Option<u64>,
+    ipcache: Option<u64>,
+    identities: Option<u64>,
+}
+
+/// Copies endpoints, ipcache host entries and identity labels into the cache, each only when
+/// its actor's generation moved since `seen` (the ipcache holds 100k entries and more with
+/// ClusterMesh, the identities as many as there are label sets in every cluster).
 async fn sync_enrichment(
     handles: &AgentHandles,
     cache: &EnrichmentCache,
-    ipcache_seen: &mut Option<u64>,
+    seen: &mut Seen,
 ) -> Result<(), &'static str> {
     if let Some(manager) = &handles.endpoints {
-        let endpoints = manager
-            .send(ListEndpoints)
+        let generation = manager
+            .send(actors::endpoint::Generation)
             .await
             .map_err(|_| "endpoint manager")?;
-        cache.replace_endpoints(endpoints.into_iter().map(|ep| EndpointInfo {
-            id: u32::from(ep.id.get()),
-            identity: ep.identity.get(),
-            namespace: ep.pod_namespace,
-            pod_name: ep.pod_name,
-            labels: ep.identity_labels.iter().map(ToString::to_string).collect(),
-            ips: vec![IpAddr::V4(ep.ip)],
-        }));
+        if seen.endpoints != Some(generation) {
+            sync_endpoints(manager, cache).await?;
+            seen.endpoints = Some(generation);
+        }
     }
     let generation = handles
         .ipcache
         .send(actors::ipcache::Generation)
         .await
         .map_err(|_| "ipcache")?;
-    if *ipcache_seen != Some(generation) {
+    if seen.ipcache != Some(generation) {
         sync_ipcache(handles, cache).await?;
-        *ipcache_seen = Some(generation);
+        seen.ipcache = Some(generation);
     }
-    let identities = handles
+    let generation = handles
         .identity
-        .send(ListIdentities)
+        .send(actors::identity::Generation)
         .await
         .map_err(|_| "identity allocator")?;
-    cache.replace_identities(identities.into_iter().map(|info| {
-        (
-            info.id,
-            info.labels.iter().map(ToString::to_string).collect(),
-        )
+    if seen.identities != Some(generation) {
+        let identities = handles
+            .identity
+            .send(ListIdentities)
+            .await
+            .map_err(|_| "identity allocator")?;
+        cache.replace_identities(identities.into_iter().map(|info| {
+            (
+                info.id,
+                info.labels.iter().map(ToString::to_string).collect(),
+            )
+        }));
+        seen.identities = Some(generation);
+    }
+    Ok(())
+}
+
+/// Copies the endpoints into the cache.
+async fn sync_endpoints(
+    manager: &actix::Addr<actors::endpoint::EndpointManager>,
+    cache: &EnrichmentCache,
+) -> Result<(), &'static str> {
+    let endpoints = manager
+        .send(ListEndpoints)
+        .await
+        .map_err(|_| "endpoint manager")?;
+    cache.replace_endpoints(endpoints.into_iter().map(|ep| EndpointInfo {
+        id: u32::from(ep.id.get()),
+        identity: ep.identity.get(),
+        namespace: ep.pod_namespace,
+        pod_name: ep.pod_name,
+        labels: ep.identity_labels.iter().map(ToString::to_string).collect(),
+        ips: vec![IpAddr::V4(ep.ip)],
     }));
     Ok(())
 }

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::flow::{EndpointConfig, EndpointOutputs, Flow, Teardown};
 use super::messages::{
-    CreateEndpoint, DeleteEndpoint, Dump, EndpointCreated, EndpointDump, EndpointError,
+    CreateEndpoint, DeleteEndpoint, Dump, EndpointCreated, EndpointDump, EndpointError, Generation,
     GetEndpoint, ListEndpoints, RestoreEndpoints, RestoreReport,
 };
 use super::state::{self, EndpointRecord, EndpointState, Registry};
@@ -240,6 +240,14 @@ impl Handler<GetEndpoint> for EndpointManager {
             .resolve(&msg.endpoint)
             .and_then(|id| self.registry.get(id));
         MessageResult(record.cloned())
+    }
+}
+
+impl Handler<Generation> for EndpointManager {
+    type Result = u64;
+
+    fn handle(&mut self, _msg: Generation, _ctx: &mut Context<Self>) -> u64 {
+        self.registry.generation()
     }
 }
 

@@ -94,6 +94,12 @@ pub struct GetEndpoint {
     pub endpoint: EndpointRef,
 }
 
+/// Asks how many times the endpoints changed: a cheap test of whether a [`ListEndpoints`]
+/// would differ from the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "u64")]
+pub struct Generation;
+
 /// Every endpoint (ready, restoring or being removed), in id order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "Vec<EndpointRecord>")]

@@ -57,7 +57,7 @@ pub use actor::EndpointManager;
 pub use flow::{EndpointConfig, EndpointOutputs};
 pub use messages::{
     CreateEndpoint, DeleteEndpoint, Dump, EndpointCreated, EndpointDump, EndpointError,
-    EndpointRef, GetEndpoint, ListEndpoints, RestoreEndpoints, RestoreReport, Step,
+    EndpointRef, Generation, GetEndpoint, ListEndpoints, RestoreEndpoints, RestoreReport, Step,
 };
 pub use state::{EndpointRecord, EndpointState, MAX_ENDPOINT_ID, Resources, host_ifname};
 pub use store::{EndpointStore, EndpointStoreError};

@@ -148,6 +148,9 @@ pub struct Registry {
     creating: BTreeMap<EndpointId, String>,
     /// Endpoints with an operation (removal, restore) in flight.
     busy: BTreeSet<EndpointId>,
+    /// Changes to the records so far: a cheap test of whether a listing would differ from
+    /// the last one (Hubble's enrichment polls it).
+    generation: u64,
     /// The last id handed out; the next search starts after it, so a freed id is not reused
     /// at once (a late message about the old endpoint must not hit a new one).
     last_id: u16,
@@ -215,6 +218,7 @@ impl Registry {
         self.creating.remove(&id);
         if let Some(record) = record {
             self.records.insert(id, record);
+            self.generation += 1;
         }
     }
 
@@ -229,6 +233,7 @@ impl Registry {
         }
         self.last_id = self.last_id.max(record.id.get());
         self.records.insert(record.id, record);
+        self.generation += 1;
         true
     }
 
@@ -263,11 +268,21 @@ impl Registry {
     /// Replaces a record (after a state change).
     pub fn update(&mut self, record: EndpointRecord) {
         self.records.insert(record.id, record);
+        self.generation += 1;
     }
 
     pub fn remove(&mut self, id: EndpointId) -> Option<EndpointRecord> {
         self.busy.remove(&id);
-        self.records.remove(&id)
+        let removed = self.records.remove(&id);
+        if removed.is_some() {
+            self.generation += 1;
+        }
+        removed
+    }
+
+    /// How many times the records changed ([`super::Generation`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 }
 
@@ -298,6 +313,37 @@ pub(crate) mod tests {
             policy_revision: Revision::INITIAL,
             held: Resources::ALL,
         }
+    }
+
+    #[test]
+    fn the_generation_moves_when_the_records_change_and_only_then() {
+        let mut reg = Registry::new();
+        let g0 = reg.generation();
+        let id = reg.reserve("c1").unwrap();
+        reg.begin(id);
+        reg.end(id);
+        assert_eq!(reg.generation(), g0, "reservations are not endpoints yet");
+        reg.finish_creation(id, None);
+        assert_eq!(reg.generation(), g0, "a failed creation changes no record");
+        let id = reg.reserve("c1").unwrap();
+        reg.finish_creation(id, Some(record(id.get(), "c1")));
+        let g1 = reg.generation();
+        assert!(g1 > g0);
+        let mut changed = record(id.get(), "c1");
+        changed.pod_name = "renamed".into();
+        reg.update(changed);
+        let g2 = reg.generation();
+        assert!(g2 > g1);
+        assert!(reg.adopt(record(9, "c9")));
+        let g3 = reg.generation();
+        assert!(g3 > g2);
+        assert!(!reg.adopt(record(9, "c9")), "a taken id is refused");
+        assert_eq!(reg.generation(), g3);
+        assert!(reg.remove(EndpointId::new(9)).is_some());
+        let g4 = reg.generation();
+        assert!(g4 > g3);
+        assert!(reg.remove(EndpointId::new(9)).is_none());
+        assert_eq!(reg.generation(), g4, "removing nothing changes nothing");
     }
 
     #[test]

@@ -32,8 +32,8 @@ use model::labels::Labels;
 use tokio::sync::oneshot;
 
 use super::messages::{
-    AllocateCidrIdentities, AllocateIdentity, AllocatedIdentity, Dump, IdentitiesChanged,
-    IdentityDump, IdentityError, IdentityMode, ListIdentities, LookupIdentity,
+    AllocateCidrIdentities, AllocateIdentity, AllocatedIdentity, Dump, Generation,
+    IdentitiesChanged, IdentityDump, IdentityError, IdentityMode, ListIdentities, LookupIdentity,
     ReleaseCidrIdentities, ReleaseIdentity, RemoteIdentities, RemoteIdentityCount,
     RestoreCidrIdentities,
 };
@@ -97,6 +97,8 @@ pub struct IdentityActor {
     kvstore: Option<(Arc<IdentityAllocator>, Arc<dyn Backend>)>,
     dual_stack: bool,
     subscribers: Vec<Recipient<IdentitiesChanged>>,
+    /// Changes published so far ([`Generation`]).
+    generation: u64,
     ipcache: Option<CidrIpcache>,
     /// Local-scope ids prefixes had before a restart ([`RestoreCidrIdentities`]), by
     /// truncated prefix, until the prefix is allocated again.
@@ -118,6 +120,7 @@ impl IdentityActor {
             kvstore,
             dual_stack: config.dual_stack,
             subscribers: config.subscribers,
+            generation: 0,
             ipcache: None,
             cidr_hints: BTreeMap::new(),
             queue: KeyedQueue::default(),
@@ -238,10 +241,12 @@ impl IdentityActor {
         Ok(removed)
     }
 
-    fn publish(&self, change: Option<IdentitiesChanged>) {
+    /// Tells the subscribers of a change; every change of the identities goes through here.
+    fn publish(&mut self, change: Option<IdentitiesChanged>) {
         let Some(change) = change.filter(|c| !c.is_empty()) else {
             return;
         };
+        self.generation += 1;
         for subscriber in &self.subscribers {
             subscriber.do_send(change.clone());
         }
@@ -497,6 +502,14 @@ impl Handler<LookupIdentity> for IdentityActor {
                 .lookup(msg.id)
                 .map(|labels| super::messages::IdentityInfo { id: msg.id, labels }),
         )
+    }
+}
+
+impl Handler<Generation> for IdentityActor {
+    type Result = u64;
+
+    fn handle(&mut self, _: Generation, _: &mut Context<Self>) -> u64 {
+        self.generation
     }
 }
 

@@ -72,6 +72,12 @@ pub struct LookupIdentity {
     pub id: NumericIdentity,
 }
 
+/// Asks how many changes the identities have seen (each published [`IdentitiesChanged`]): a
+/// cheap test of whether a [`ListIdentities`] would differ from the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "u64")]
+pub struct Generation;
+
 /// Every identity the node knows, in id order (`cilium-dbg identity list`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "Vec<IdentityInfo>")]

@@ -57,9 +57,9 @@ pub mod state;
 
 pub use actor::{IdentityActor, IdentityBackend, IdentityConfig};
 pub use messages::{
-    AllocateCidrIdentities, AllocateIdentity, AllocatedIdentity, Dump, IdentitiesChanged,
-    IdentityDump, IdentityError, IdentityInfo, IdentityMode, IdentityReference, ListIdentities,
-    LookupIdentity, ReleaseCidrIdentities, ReleaseIdentity, RemoteIdentities, RemoteIdentityCount,
-    RestoreCidrIdentities,
+    AllocateCidrIdentities, AllocateIdentity, AllocatedIdentity, Dump, Generation,
+    IdentitiesChanged, IdentityDump, IdentityError, IdentityInfo, IdentityMode, IdentityReference,
+    ListIdentities, LookupIdentity, ReleaseCidrIdentities, ReleaseIdentity, RemoteIdentities,
+    RemoteIdentityCount, RestoreCidrIdentities,
 };
 pub use state::{IdentityState, InProcessAllocator, KeyedQueue};
