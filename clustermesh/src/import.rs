@@ -8,9 +8,17 @@
 //! reconnect sends only the difference. Validation follows upstream's watch-store validators:
 //! a value naming another cluster, another cluster id, or an identity outside the cluster's
 //! range is rejected with a warning and never disturbs other entries.
+//!
+//! Every agent of a mesh keeps this for every remote cluster, so the mirrors are kept
+//! compact: a re-list marks the entries it sees instead of copying their names, and the
+//! ipcache entries (most of the import) take the form of [`ipcache`].
 
-use std::collections::{BTreeMap, BTreeSet};
+mod ipcache;
+
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use actors::ipcache::{IpEntry, K8sMetadata};
 use datapath::api::IpcacheKey;
@@ -20,10 +28,13 @@ use kvstore::keys::{
     StoreValue, state_to_cache_prefix,
 };
 use kvstore::{KeyValue, WatchEvent};
+use model::collections::compact_grown;
 use model::identity::{ClusterId, ClusterName, NumericIdentity};
 use model::labels::{Labels, keys::POLICY_CLUSTER, source as label_source};
 
 use crate::error::RejectError;
+use ipcache::{ImportedIp, IpName, SharedIp};
+pub(crate) use ipcache::{IpcacheChange, IpcacheClaims};
 
 /// The parent of the ipcache's address spaces; its sync canary is written for this prefix.
 const IPCACHE_STATE_PREFIX: &str = "cilium/state/ip/v1";
@@ -91,7 +102,8 @@ pub(crate) struct Batch {
     pub services_upserted: Vec<ClusterService>,
     pub services_removed: Vec<(String, String)>,
     /// ipcache claims by `(prefix, key name)`; the key name tells claims of one prefix apart.
-    pub ip_upserted: Vec<(IpcacheKey, String, IpEntry)>,
+    /// The entry is the one the import keeps, shared with the claims.
+    pub ip_upserted: Vec<(IpcacheKey, String, SharedIp)>,
     pub ip_removed: Vec<(IpcacheKey, String)>,
 }
 
@@ -108,59 +120,108 @@ impl Batch {
     }
 }
 
-/// The imported values of one resource, by key name below the watched prefix.
-#[derive(Debug)]
-struct Mirror<V> {
-    entries: BTreeMap<String, V>,
-    /// Key names seen since a re-list started; `None` when no listing is in progress.
-    listing: Option<BTreeSet<String>>,
+/// How a [`Mirror`] keeps the key names below its prefix; `Display` writes the name back.
+trait KeyName: Ord + Clone + fmt::Display {
+    fn new(name: &str) -> Self;
 }
 
-impl<V: PartialEq> Mirror<V> {
+impl KeyName for Box<str> {
+    fn new(name: &str) -> Self {
+        name.into()
+    }
+}
+
+impl KeyName for IpName {
+    fn new(name: &str) -> Self {
+        IpName::new(name)
+    }
+}
+
+/// An imported value and whether the re-list in progress reported its key.
+#[derive(Debug)]
+struct Slot<V> {
+    value: V,
+    seen: bool,
+}
+
+/// The imported values of one resource, by key name below the watched prefix.
+#[derive(Debug)]
+struct Mirror<K, V> {
+    entries: BTreeMap<K, Slot<V>>,
+    /// Whether a re-list is in progress: keys it does not report again are removed at its end.
+    listing: bool,
+    /// The number of entries when `entries` was last rebuilt (see [`compact_grown`]).
+    built: usize,
+}
+
+impl<K: KeyName, V: PartialEq> Mirror<K, V> {
     fn new() -> Self {
         Mirror {
             entries: BTreeMap::new(),
-            listing: None,
+            listing: false,
+            built: 0,
+        }
+    }
+
+    fn begin_listing(&mut self) {
+        self.listing = true;
+        for slot in self.entries.values_mut() {
+            slot.seen = false;
         }
     }
 
     /// Stores `value`; returns whether it differs from what was imported.
     fn upsert(&mut self, name: &str, value: V) -> bool {
-        if let Some(seen) = &mut self.listing {
-            seen.insert(name.to_owned());
+        let key = K::new(name);
+        if let Some(slot) = self.entries.get_mut(&key) {
+            slot.seen = true;
+            if slot.value == value {
+                return false;
+            }
+            slot.value = value;
+        } else {
+            self.entries.insert(key, Slot { value, seen: true });
+            compact_grown(&mut self.entries, &mut self.built);
         }
-        if self.entries.get(name) == Some(&value) {
-            return false;
-        }
-        self.entries.insert(name.to_owned(), value);
         true
     }
 
     fn remove(&mut self, name: &str) -> Option<V> {
-        self.entries.remove(name)
+        self.entries.remove(&K::new(name)).map(|slot| slot.value)
     }
 
     /// Ends a listing: the values whose keys it did not see are gone.
     fn end_listing(&mut self) -> Vec<(String, V)> {
-        let Some(seen) = self.listing.take() else {
+        if !std::mem::take(&mut self.listing) {
             return Vec::new();
-        };
-        let stale: Vec<String> = self
+        }
+        let stale: Vec<K> = self
             .entries
-            .keys()
-            .filter(|name| !seen.contains(*name))
-            .cloned()
+            .iter()
+            .filter(|(_, slot)| !slot.seen)
+            .map(|(key, _)| key.clone())
             .collect();
-        stale
+        let removed = stale
             .into_iter()
-            .filter_map(|name| self.entries.remove(&name).map(|value| (name, value)))
-            .collect()
+            .filter_map(|key| self.entries.remove(&key).map(|slot| (key, slot.value)));
+        by_name(removed)
     }
 
     fn drain(&mut self) -> Vec<(String, V)> {
-        self.listing = None;
-        std::mem::take(&mut self.entries).into_iter().collect()
+        self.listing = false;
+        let entries = std::mem::take(&mut self.entries);
+        by_name(entries.into_iter().map(|(key, slot)| (key, slot.value)))
     }
+}
+
+/// Removed values by key name in the names' order, whatever order the mirror keeps them in,
+/// so that removals are sent in the same order as the names were ever kept.
+fn by_name<K: KeyName, V>(removed: impl Iterator<Item = (K, V)>) -> Vec<(String, V)> {
+    let mut removed: Vec<(String, V)> = removed
+        .map(|(key, value)| (key.to_string(), value))
+        .collect();
+    removed.sort_by(|a, b| a.0.cmp(&b.0));
+    removed
 }
 
 /// Counts for the status.
@@ -178,10 +239,10 @@ pub(crate) struct ImportState {
     cluster: ClusterName,
     /// The id of the cluster configuration in force; values are validated against it.
     cluster_id: ClusterId,
-    nodes: Mirror<Node>,
-    identities: Mirror<(NumericIdentity, Labels)>,
-    ipcache: Mirror<(IpcacheKey, IpEntry)>,
-    services: Mirror<ClusterService>,
+    nodes: Mirror<Box<str>, Node>,
+    identities: Mirror<Box<str>, (NumericIdentity, Labels)>,
+    ipcache: Mirror<IpName, SharedIp>,
+    services: Mirror<Box<str>, ClusterService>,
 }
 
 impl ImportState {
@@ -216,17 +277,22 @@ impl ImportState {
             nodes: self.nodes.entries.len() as u64,
             endpoints: self.ipcache.entries.len() as u64,
             identities: self.identities.entries.len() as u64,
-            shared_services: self.services.entries.values().filter(|s| s.shared).count() as u64,
+            shared_services: self
+                .services
+                .entries
+                .values()
+                .filter(|s| s.value.shared)
+                .count() as u64,
         }
     }
 
     /// A (re-)list of `kind` starts: keys it does not report again are removed at its end.
     pub(crate) fn begin_listing(&mut self, kind: Kind) {
         match kind {
-            Kind::Nodes => self.nodes.listing = Some(BTreeSet::new()),
-            Kind::Identities => self.identities.listing = Some(BTreeSet::new()),
-            Kind::Ipcache => self.ipcache.listing = Some(BTreeSet::new()),
-            Kind::Services => self.services.listing = Some(BTreeSet::new()),
+            Kind::Nodes => self.nodes.begin_listing(),
+            Kind::Identities => self.identities.begin_listing(),
+            Kind::Ipcache => self.ipcache.begin_listing(),
+            Kind::Services => self.services.begin_listing(),
         }
     }
 
@@ -288,9 +354,10 @@ impl ImportState {
                     batch.identities_added.push((id, labels));
                 }
             }
-            Imported::Ip(prefix, entry) => {
-                if self.ipcache.upsert(&name, (prefix, entry.clone())) {
-                    batch.ip_upserted.push((prefix, name, entry));
+            Imported::Ip(key, entry) => {
+                let ip = Arc::new(ImportedIp { key, entry });
+                if self.ipcache.upsert(&name, Arc::clone(&ip)) {
+                    batch.ip_upserted.push((key, name, ip));
                 }
             }
             Imported::Service(svc) => {
@@ -314,8 +381,8 @@ impl ImportState {
                 }
             }
             Kind::Ipcache => {
-                if let Some((prefix, _)) = self.ipcache.remove(name) {
-                    batch.ip_removed.push((prefix, name.to_owned()));
+                if let Some(ip) = self.ipcache.remove(name) {
+                    batch.ip_removed.push((ip.key, name.to_owned()));
                 }
             }
             Kind::Services => {
@@ -471,7 +538,7 @@ fn push_removals(
     batch: &mut Batch,
     nodes: Removed<Node>,
     identities: Removed<(NumericIdentity, Labels)>,
-    ipcache: Removed<(IpcacheKey, IpEntry)>,
+    ipcache: Removed<SharedIp>,
     services: Removed<ClusterService>,
 ) {
     batch
@@ -480,11 +547,9 @@ fn push_removals(
     batch
         .identities_removed
         .extend(identities.into_iter().map(|(_, (id, _))| id));
-    batch.ip_removed.extend(
-        ipcache
-            .into_iter()
-            .map(|(name, (prefix, _))| (prefix, name)),
-    );
+    batch
+        .ip_removed
+        .extend(ipcache.into_iter().map(|(name, ip)| (ip.key, name)));
     batch.services_removed.extend(
         services
             .into_iter()
@@ -535,76 +600,6 @@ fn entry_prefix(entry: &IpCacheEntry) -> Option<IpNet> {
         Some(mask) => mask.prefix_len().filter(|len| *len <= full)?,
     };
     IpNet::new(entry.ip, len).ok()
-}
-
-/// Which remote cluster's claim on an ipcache prefix is sent to the ipcache. The ipcache holds
-/// one `clustermesh` claim per prefix; when two remote clusters (or two keys of one) claim the
-/// same prefix, the first owner in `(cluster, key name)` order is effective, and removing it
-/// hands the prefix to the next one instead of deleting it.
-///
-/// Owners are a vector sorted by owner: almost every prefix has one, and a map per prefix cost
-/// a whole tree node (~2 kB) per imported entry.
-#[derive(Debug, Default)]
-pub(crate) struct IpcacheClaims {
-    by_prefix: BTreeMap<IpcacheKey, Vec<(Owner, IpEntry)>>,
-}
-
-/// A claim's owner: the remote cluster and the key name below its ipcache prefix.
-type Owner = (ClusterName, String);
-
-/// What to send to the ipcache after a claim changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum IpcacheChange {
-    Upsert(IpcacheKey, IpEntry),
-    Delete(IpcacheKey),
-}
-
-impl IpcacheClaims {
-    pub(crate) fn upsert(
-        &mut self,
-        prefix: IpcacheKey,
-        owner: (ClusterName, String),
-        entry: IpEntry,
-    ) -> Option<IpcacheChange> {
-        let owners = self.by_prefix.entry(prefix).or_default();
-        let before = owners.first().map(|(_, e)| e.clone());
-        match owners.binary_search_by(|(o, _)| o.cmp(&owner)) {
-            Ok(i) => owners[i].1 = entry,
-            Err(i) => {
-                // One owner is the rule: grow one slot at a time (a first insert reserves four).
-                owners.reserve_exact(1);
-                owners.insert(i, (owner, entry));
-            }
-        }
-        let after = owners.first().map(|(_, e)| e.clone());
-        match after {
-            Some(entry) if before.as_ref() != Some(&entry) => {
-                Some(IpcacheChange::Upsert(prefix, entry))
-            }
-            _ => None,
-        }
-    }
-
-    pub(crate) fn remove(
-        &mut self,
-        prefix: IpcacheKey,
-        owner: &(ClusterName, String),
-    ) -> Option<IpcacheChange> {
-        let owners = self.by_prefix.get_mut(&prefix)?;
-        let before = owners.first().map(|(_, e)| e.clone());
-        let i = owners.binary_search_by(|(o, _)| o.cmp(owner)).ok()?;
-        owners.remove(i);
-        match owners.first().map(|(_, e)| e.clone()) {
-            None => {
-                self.by_prefix.remove(&prefix);
-                Some(IpcacheChange::Delete(prefix))
-            }
-            Some(entry) if before.as_ref() != Some(&entry) => {
-                Some(IpcacheChange::Upsert(prefix, entry))
-            }
-            Some(_) => None,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -779,29 +774,89 @@ mod tests {
         assert!(state.is_empty());
     }
 
+    const IPS: &str = "cilium/state/ip/v1/default/";
+
+    /// An ipcache put of `ip` (a `/32` mask when `masked`) under the key name `name`.
+    fn ip_put(name: &str, ip: &str, masked: bool, pod: &str) -> WatchEvent {
+        let mut entry = IpCacheEntry::host(
+            ip.parse().unwrap(),
+            NumericIdentity::new((2 << 16) + 1),
+            None,
+        );
+        if masked {
+            entry.mask = kvstore::keys::IpMask::from_prefix_len(32, 32);
+        }
+        entry.k8s_pod_name = pod.to_owned();
+        let value = String::from_utf8(entry.encode().unwrap()).unwrap();
+        put(&format!("{IPS}{name}"), &value)
+    }
+
+    /// A (re-)list of the ipcache reporting `puts` (name, address, masked, pod).
+    fn list_ipcache(state: &mut ImportState, puts: &[(&str, &str, bool, &str)]) -> Batch {
+        let mut batch = Batch::default();
+        state.begin_listing(Kind::Ipcache);
+        for (name, ip, masked, pod) in puts {
+            state.apply(
+                Kind::Ipcache,
+                IPS,
+                ip_put(name, ip, *masked, pod),
+                &mut batch,
+            );
+        }
+        let done = WatchEvent::ListDone { revision: 1 };
+        state.apply(Kind::Ipcache, IPS, done, &mut batch);
+        batch
+    }
+
+    fn upserted_names(batch: &Batch) -> Vec<&str> {
+        batch
+            .ip_upserted
+            .iter()
+            .map(|(_, n, _)| n.as_str())
+            .collect()
+    }
+
     #[test]
-    fn ipcache_claims_hand_a_prefix_to_the_next_owner() {
-        let key = IpcacheKey::new(ClusterId::UNSET, "10.0.0.1/32".parse().unwrap());
-        let a = (ClusterName::new("a").unwrap(), "10.0.0.1".to_owned());
-        let b = (ClusterName::new("b").unwrap(), "10.0.0.1".to_owned());
-        let entry = |n: u32| IpEntry::identity(NumericIdentity::new(n));
-        let mut claims = IpcacheClaims::default();
-        assert_eq!(
-            claims.upsert(key, b.clone(), entry(2)),
-            Some(IpcacheChange::Upsert(key, entry(2)))
+    fn ipcache_removals_follow_the_key_names_order() {
+        let mut state = state();
+        let puts = [
+            ("10.2.0.9", "10.2.0.9", false, "a"),
+            ("10.2.0.10", "10.2.0.10", false, "a"),
+            ("10.2.0.8/32", "10.2.0.8", true, "a"),
+            ("x/10.2.0.7", "10.2.0.7", false, "a"),
+            ("f00d::1", "f00d::1", false, "a"),
+        ];
+        let batch = list_ipcache(&mut state, &puts);
+        assert_eq!(upserted_names(&batch), puts.map(|p| p.0));
+        assert_eq!(state.counts().endpoints, 5);
+
+        // A re-list that reports only `10.2.0.9` (changed) and `f00d::1` (unchanged).
+        let batch = list_ipcache(
+            &mut state,
+            &[
+                ("10.2.0.9", "10.2.0.9", false, "b"),
+                ("f00d::1", "f00d::1", false, "a"),
+            ],
         );
-        // `a` sorts first and takes over; re-sending the same entry changes nothing.
+        assert_eq!(upserted_names(&batch), ["10.2.0.9"]);
+        let removed: Vec<(String, &str)> = batch
+            .ip_removed
+            .iter()
+            .map(|(key, name)| (key.prefix().to_string(), name.as_str()))
+            .collect();
         assert_eq!(
-            claims.upsert(key, a.clone(), entry(1)),
-            Some(IpcacheChange::Upsert(key, entry(1)))
+            removed,
+            [
+                ("10.2.0.10/32".to_owned(), "10.2.0.10"),
+                ("10.2.0.8/32".to_owned(), "10.2.0.8/32"),
+                ("10.2.0.7/32".to_owned(), "x/10.2.0.7"),
+            ]
         );
-        assert_eq!(claims.upsert(key, a.clone(), entry(1)), None);
-        assert_eq!(claims.upsert(key, b.clone(), entry(3)), None);
-        assert_eq!(
-            claims.remove(key, &a),
-            Some(IpcacheChange::Upsert(key, entry(3)))
-        );
-        assert_eq!(claims.remove(key, &a), None);
-        assert_eq!(claims.remove(key, &b), Some(IpcacheChange::Delete(key)));
+
+        let mut batch = Batch::default();
+        state.drain(&mut batch);
+        let drained: Vec<&str> = batch.ip_removed.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(drained, ["10.2.0.9", "f00d::1"]);
+        assert!(state.is_empty());
     }
 }

@@ -385,3 +385,77 @@ async fn kvstoremesh_cache_is_read_under_the_cache_prefix() {
             .kvstoremesh
     );
 }
+
+/// An entry written with a `/32` mask: its key name is `address/32`, not the address.
+fn masked_ip_json(ip: &str, pod: &str) -> String {
+    let mut value: serde_json::Value =
+        serde_json::from_str(&ip_json(ip, C2_POD_ID, "192.168.2.1", pod)).unwrap();
+    value["Mask"] = "/////w==".into();
+    value.to_string()
+}
+
+#[actix::test]
+async fn key_names_other_than_the_address_are_imported_handed_over_and_drained() {
+    tokio::time::pause();
+    let connector = Arc::new(TestConnector::default());
+    let remote = connector.add_store("c2");
+    cluster_config(&*remote, "c2", 2, false, false).await;
+    populate(&*remote, false).await;
+    let remote = &*remote;
+    // Two keys of one cluster claim 10.2.1.6/32: the address and its `/32` form. A third key
+    // has a path before the address.
+    put(
+        remote,
+        "cilium/state/ip/v1/default/10.2.1.6/32",
+        &masked_ip_json("10.2.1.6", "masked"),
+    )
+    .await;
+    put(
+        remote,
+        "cilium/state/ip/v1/default/10.2.1.6",
+        &ip_json("10.2.1.6", C2_POD_ID, "192.168.2.1", "plain"),
+    )
+    .await;
+    put(
+        remote,
+        "cilium/state/ip/v1/default/extra/10.2.1.7",
+        &ip_json("10.2.1.7", C2_POD_ID, "192.168.2.1", "extra"),
+    )
+    .await;
+    let mesh = start_mesh(connector, |_| {});
+    mesh.write_config("c2", "c2");
+
+    let r = &mesh.recorder;
+    let pod_of = |ip: &str| {
+        r.ipcache()
+            .get(&ip_key(ip))
+            .and_then(|e| e.k8s.clone())
+            .map(|k8s| k8s.pod_name)
+    };
+    eventually("imported", async || r.ipcache().len() == 3).await;
+    settle().await;
+    // The key names of one cluster sort as strings: the address before its `/32` form.
+    assert_eq!(pod_of("10.2.1.6/32").as_deref(), Some("plain"));
+    assert_eq!(pod_of("10.2.1.7/32").as_deref(), Some("extra"));
+    assert_eq!(mesh.status_of("c2").await.unwrap().num_endpoints, 4);
+
+    // Deleting the effective key hands the prefix to the other one.
+    remote
+        .delete("cilium/state/ip/v1/default/10.2.1.6")
+        .await
+        .unwrap();
+    eventually("handed over", async || {
+        pod_of("10.2.1.6/32").as_deref() == Some("masked")
+    })
+    .await;
+    remote
+        .delete("cilium/state/ip/v1/default/extra/10.2.1.7")
+        .await
+        .unwrap();
+    eventually("extra removed", async || pod_of("10.2.1.7/32").is_none()).await;
+    assert_eq!(mesh.status_of("c2").await.unwrap().num_endpoints, 2);
+
+    // Removing the cluster removes what every key imported.
+    mesh.remove_config("c2");
+    eventually("drained", async || r.ipcache().is_empty()).await;
+}
