@@ -20,7 +20,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use actors::ipcache::{IpEntry, K8sMetadata};
+use actors::ipcache::{IpEntry, K8sMetadata, PackedEntry};
 use datapath::api::IpcacheKey;
 use ipnet::IpNet;
 use kvstore::keys::{
@@ -355,7 +355,10 @@ impl ImportState {
                 }
             }
             Imported::Ip(key, entry) => {
-                let ip = Arc::new(ImportedIp { key, entry });
+                let ip = Arc::new(ImportedIp {
+                    key,
+                    entry: PackedEntry::pack(entry),
+                });
                 if self.ipcache.upsert(&name, Arc::clone(&ip)) {
                     batch.ip_upserted.push((key, name, ip));
                 }

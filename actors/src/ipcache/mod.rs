@@ -35,5 +35,5 @@ pub use messages::{
     KvstoreSyncDump, LookupIp, LookupResult, UpsertIp,
 };
 pub use source::Source;
-pub use state::{Effect, IpCacheSettings, IpCacheState, IpEntry, K8sMetadata};
+pub use state::{Effect, IpCacheSettings, IpCacheState, IpEntry, K8sMetadata, PackedEntry};
 pub use sync::{KvstoreSyncConfig, PublishQueue};

@@ -84,8 +84,11 @@ pub struct IpCacheSettings {
 /// rest (Kubernetes metadata, the free-form owner) is packed into one byte string, absent for
 /// entries without any and inline when short. 48 bytes and usually no allocation, against 144
 /// bytes and three allocations for an `IpEntry` of a pod.
+///
+/// ClusterMesh's import keeps every remote cluster's entries in this form too, for the same
+/// reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stored {
+pub struct PackedEntry {
     identity: NumericIdentity,
     host_ip: Option<IpAddr>,
     encrypt_key: u8,
@@ -93,9 +96,9 @@ struct Stored {
     extra: Extra,
 }
 
-impl Stored {
-    fn pack(entry: IpEntry) -> Self {
-        Stored {
+impl PackedEntry {
+    pub fn pack(entry: IpEntry) -> Self {
+        PackedEntry {
             identity: entry.identity,
             host_ip: entry.host_ip,
             encrypt_key: entry.encrypt_key,
@@ -103,7 +106,7 @@ impl Stored {
         }
     }
 
-    fn unpack(&self) -> IpEntry {
+    pub fn unpack(&self) -> IpEntry {
         let (k8s, metadata) = self.extra.as_bytes().map(unpack_extra).unwrap_or_default();
         IpEntry {
             identity: self.identity,
@@ -277,17 +280,17 @@ fn unpack_extra(bytes: &[u8]) -> (Option<K8sMetadata>, String) {
 /// cluster; a vector per prefix still cost an allocation of ~150 bytes per entry.)
 #[derive(Debug, Clone)]
 enum Claims {
-    One((Source, Stored)),
+    One((Source, PackedEntry)),
     /// At least two claims, sorted by source.
-    Many(Vec<(Source, Stored)>),
+    Many(Vec<(Source, PackedEntry)>),
 }
 
 impl Claims {
-    fn new(source: Source, stored: Stored) -> Self {
+    fn new(source: Source, stored: PackedEntry) -> Self {
         Claims::One((source, stored))
     }
 
-    fn as_slice(&self) -> &[(Source, Stored)] {
+    fn as_slice(&self) -> &[(Source, PackedEntry)] {
         match self {
             Claims::One(claim) => std::slice::from_ref(claim),
             Claims::Many(claims) => claims,
@@ -298,7 +301,7 @@ impl Claims {
         self.as_slice().binary_search_by(|(s, _)| s.cmp(source))
     }
 
-    fn get(&self, source: &Source) -> Option<&Stored> {
+    fn get(&self, source: &Source) -> Option<&PackedEntry> {
         let i = self.position(source).ok()?;
         self.as_slice().get(i).map(|(_, stored)| stored)
     }
@@ -307,7 +310,7 @@ impl Claims {
         self.position(source).is_ok()
     }
 
-    fn insert(&mut self, source: Source, stored: Stored) {
+    fn insert(&mut self, source: Source, stored: PackedEntry) {
         match self {
             Claims::One((s, existing)) if *s == source => *existing = stored,
             Claims::One(_) => {
@@ -332,7 +335,7 @@ impl Claims {
     }
 
     /// Removes `source`'s claim; `true` when no claim is left (the caller drops the prefix).
-    fn remove(&mut self, source: &Source) -> (Option<Stored>, bool) {
+    fn remove(&mut self, source: &Source) -> (Option<PackedEntry>, bool) {
         match self {
             Claims::One((s, _)) if s == source => {
                 let Claims::One((_, stored)) = std::mem::replace(self, Claims::Many(Vec::new()))
@@ -358,11 +361,11 @@ impl Claims {
     }
 
     /// The effective claim.
-    fn first(&self) -> Option<&(Source, Stored)> {
+    fn first(&self) -> Option<&(Source, PackedEntry)> {
         self.as_slice().first()
     }
 
-    fn iter(&self) -> impl Iterator<Item = &(Source, Stored)> {
+    fn iter(&self) -> impl Iterator<Item = &(Source, PackedEntry)> {
         self.as_slice().iter()
     }
 }
@@ -409,7 +412,7 @@ impl IpCacheState {
         let mut effects = Vec::new();
         let publish = (source == Source::Local && self.settings.publish_local)
             .then(|| kvstore_entry(&key, &entry, self.settings.node_ip));
-        let stored = Stored::pack(entry);
+        let stored = PackedEntry::pack(entry);
         let previous = self.claims.get(&key).and_then(|claims| claims.get(&source));
         let changed = previous != Some(&stored);
         if let Some(published) = publish
@@ -489,7 +492,7 @@ impl IpCacheState {
             .map(|(source, stored)| (source, stored.unpack()))
     }
 
-    fn top(&self, key: &IpcacheKey) -> Option<(Source, &Stored)> {
+    fn top(&self, key: &IpcacheKey) -> Option<(Source, &PackedEntry)> {
         self.claims
             .get(key)
             .and_then(Claims::first)
@@ -540,7 +543,7 @@ impl IpCacheState {
     }
 
     /// The datapath form of an entry.
-    fn to_datapath(&self, key: &IpcacheKey, entry: &Stored) -> RemoteEndpointInfo {
+    fn to_datapath(&self, key: &IpcacheKey, entry: &PackedEntry) -> RemoteEndpointInfo {
         RemoteEndpointInfo {
             identity: entry.identity,
             tunnel_endpoint: entry
@@ -835,7 +838,7 @@ mod tests {
         // One claim per address of the cluster on every node: what a simulation of 1000
         // nodes multiplies by 30 000. Growing these undoes that work.
         assert!(std::mem::size_of::<Extra>() <= 24);
-        assert!(std::mem::size_of::<Stored>() <= 48);
+        assert!(std::mem::size_of::<PackedEntry>() <= 48);
         assert!(std::mem::size_of::<Claims>() <= 56);
     }
 
@@ -869,10 +872,13 @@ mod tests {
             ..IpEntry::identity(id(6))
         };
         for entry in [full, empty_k8s, owner_only, IpEntry::identity(id(7))] {
-            let stored = Stored::pack(entry.clone());
+            let stored = PackedEntry::pack(entry.clone());
             assert_eq!(stored.unpack(), entry);
         }
-        assert_eq!(Stored::pack(IpEntry::identity(id(7))).extra, Extra::None);
+        assert_eq!(
+            PackedEntry::pack(IpEntry::identity(id(7))).extra,
+            Extra::None
+        );
         let pod = IpEntry {
             k8s: Some(K8sMetadata {
                 namespace: "default".into(),
@@ -881,10 +887,10 @@ mod tests {
             }),
             ..IpEntry::identity(id(8))
         };
-        assert!(matches!(Stored::pack(pod).extra, Extra::Inline(..)));
+        assert!(matches!(PackedEntry::pack(pod).extra, Extra::Inline(..)));
         assert_ne!(
-            Stored::pack(IpEntry::identity(id(5))),
-            Stored::pack(IpEntry {
+            PackedEntry::pack(IpEntry::identity(id(5))),
+            PackedEntry::pack(IpEntry {
                 k8s: Some(K8sMetadata::default()),
                 ..IpEntry::identity(id(5))
             }),

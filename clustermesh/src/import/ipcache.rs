@@ -1,8 +1,9 @@
 //! The imported ipcache entries in the compact form an agent keeps them in. Every agent of a
 //! mesh imports every remote cluster's addresses, so a simulation of many nodes multiplies each
 //! byte kept here by every (node, remote pod) pair:
-//! - an entry is validated once and shared ([`SharedIp`]) by the import's mirror of its
-//!   cluster and by the [`IpcacheClaims`] of all clusters;
+//! - an entry is validated once, packed as the ipcache actor packs its claims
+//!   ([`PackedEntry`]), and shared ([`SharedIp`]) by the import's mirror of its cluster and by
+//!   the [`IpcacheClaims`] of all clusters;
 //! - a key name is almost always the address (or CIDR) itself and is then kept as that
 //!   address ([`IpName`]), not as a string;
 //! - a prefix almost always has one owner, kept inline in the map's node ([`Owners`]), and an
@@ -14,7 +15,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use actors::ipcache::IpEntry;
+use actors::ipcache::{IpEntry, PackedEntry};
 use datapath::api::IpcacheKey;
 use ipnet::IpNet;
 use model::collections::compact_grown;
@@ -24,7 +25,7 @@ use model::identity::ClusterName;
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ImportedIp {
     pub key: IpcacheKey,
-    pub entry: IpEntry,
+    pub entry: PackedEntry,
 }
 
 /// One imported entry, shared by the mirror of its cluster and the claims.
@@ -115,7 +116,7 @@ impl Owners {
         }
     }
 
-    fn first_entry(&self) -> Option<&IpEntry> {
+    fn first_entry(&self) -> Option<&PackedEntry> {
         self.as_slice().first().map(|claim| &claim.ip.entry)
     }
 
@@ -219,7 +220,7 @@ impl IpcacheClaims {
         };
         match after {
             Some(entry) if before.as_ref() != Some(&entry) => {
-                Some(IpcacheChange::Upsert(prefix, entry))
+                Some(IpcacheChange::Upsert(prefix, entry.unpack()))
             }
             _ => None,
         }
@@ -245,7 +246,7 @@ impl IpcacheClaims {
         match after {
             None => Some(IpcacheChange::Delete(prefix)),
             Some(entry) if before.as_ref() != Some(&entry) => {
-                Some(IpcacheChange::Upsert(prefix, entry))
+                Some(IpcacheChange::Upsert(prefix, entry.unpack()))
             }
             Some(_) => None,
         }
@@ -270,7 +271,7 @@ mod tests {
     fn shared(key: IpcacheKey, n: u32) -> SharedIp {
         Arc::new(ImportedIp {
             key,
-            entry: IpEntry::identity(NumericIdentity::new(n)),
+            entry: PackedEntry::pack(IpEntry::identity(NumericIdentity::new(n))),
         })
     }
 
