@@ -9,7 +9,7 @@
 //!
 //! Holding the lock is not enough to act safely: a leader cut off from the store, or paused
 //! for longer than the session TTL, still believes it leads. So every write of a leader is
-//! fenced: a transaction that also requires the ownership key to exist ([`Leadership::fenced`]).
+//! fenced: a transaction that also requires the ownership key to exist (`Leadership::fenced`).
 //! Once the key is gone no write of the old leader lands, whatever it believes.
 
 use std::convert::Infallible;

@@ -153,13 +153,13 @@ struct ObserveArgs {
         help_heading = "Filters"
     )]
     not: Vec<bool>,
-    /// Flows from the pod name prefix [namespace/]<pod-name>.
+    /// Flows from the pod name prefix [namespace/]POD-NAME.
     #[arg(long, value_name = "POD", help_heading = "Filters")]
     from_pod: Vec<String>,
-    /// Flows to the pod name prefix [namespace/]<pod-name>.
+    /// Flows to the pod name prefix [namespace/]POD-NAME.
     #[arg(long, value_name = "POD", help_heading = "Filters")]
     to_pod: Vec<String>,
-    /// Flows from or to the pod name prefix [namespace/]<pod-name>.
+    /// Flows from or to the pod name prefix [namespace/]POD-NAME.
     #[arg(long, value_name = "POD", help_heading = "Filters")]
     pod: Vec<String>,
     /// Flows from endpoints in the namespace.
@@ -219,7 +219,7 @@ struct ObserveArgs {
     /// Flows with at least these TCP flags (e.g. syn, syn,ack).
     #[arg(long, value_name = "FLAGS", help_heading = "Filters")]
     tcp_flags: Vec<String>,
-    /// Event type TYPE[:SUBTYPE]: trace, drop, policy-verdict, capture, l7, trace-sock
+    /// Event type TYPE or TYPE:SUBTYPE: trace, drop, policy-verdict, capture, l7, trace-sock
     /// (trace sub types: to-endpoint, from-endpoint, to-stack, ...).
     #[arg(
         short = 't',

@@ -23,12 +23,12 @@
 //! # Modules
 //! - [`state`]: the state file and the records in it.
 //! - [`sys`]: the system calls of the lab: `ip`, mounts, detached processes, signals.
-//! - [`up`] / [`down`] / [`status`]: bringing the lab up, tearing it down, reporting on it.
+//! - [`mod@up`] / [`mod@down`] / [`mod@status`]: bringing the lab up, tearing it down, reporting on it.
 //! - [`pod`]: pods through `cilium-cni`, as a container runtime makes them, or made by a real
 //!   container runtime.
 //! - [`podman`]: the lab's private podman, for pods that are real containers.
 //! - [`connectivity`]: `cilium connectivity test`, upstream's scenarios against cluster 1.
-//! - [`demo`]: the Star Wars demo (`cilium lab demo`) with upstream's L3/L4 policy.
+//! - [`mod@demo`]: the Star Wars demo (`cilium lab demo`) with upstream's L3/L4 policy.
 //! - [`echo`]: the TCP echo server and client the lab uses as its world and its probes.
 
 pub mod connectivity;

@@ -1,7 +1,7 @@
 //! The event reader: turns `cilium_events` ring-buffer records into typed [`MonitorEvent`]s for
 //! Hubble and `cilium-dbg monitor`.
 //!
-//! The programs write one record layout ([`EventRecord`]) for drop, trace and policy-verdict
+//! The programs write one record layout (`maps::events::EventRecord`) for drop, trace and policy-verdict
 //! notifications. This module decodes it into domain terms (upstream drop reason names,
 //! observation points, verdicts, match types), fills in what only the captured packet says
 //! (TCP flags, ICMP type and code), and renders events the way `cilium-dbg monitor` prints
@@ -18,7 +18,7 @@
 //! buffer), so [`MonitorEvent::cpu`] is `None` for events read from the kernel.
 //!
 //! The event types are plain data and build without the `kernel` feature (Hubble parses them
-//! into flows); decoding records and reading the ring buffer ([`reader`]) need it.
+//! into flows); decoding records and reading the ring buffer (`reader`) need it.
 
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr};

@@ -1,11 +1,11 @@
 //! Identity allocation: mapping label sets to numeric identities, cluster-wide through the
-//! kvstore ([`IdentityAllocator`], garbage-collected by [`gc`]) and node-locally for
+//! kvstore ([`IdentityAllocator`], garbage-collected by [`fn@gc`]) and node-locally for
 //! local-scope CIDR identities ([`LocalIdentityAllocator`]).
 //!
 //! The cluster-wide algorithm is upstream's (`pkg/allocator`, `pkg/kvstore/allocator`), on the
 //! key layout of [`crate::keys`]:
 //! - a master key `id/<n>` = label string says identity `n` belongs to those labels; it is
-//!   created once (create-only), never leased, and removed only by [`gc`];
+//!   created once (create-only), never leased, and removed only by [`fn@gc`];
 //! - a slave key `value/<labels>/<node IP>` = `n`, attached to the node's lease, says the node
 //!   uses it; an identity whose master has no slave key left is garbage;
 //! - allocation and garbage collection of one label set are serialised by the distributed lock
@@ -403,7 +403,7 @@ impl IdentityAllocator {
     }
 
     /// Drops one local reference to `labels`. On the last one the node's slave key is deleted
-    /// (the master stays until [`gc`] finds it unused) and `true` is returned. If that delete
+    /// (the master stays until [`fn@gc`] finds it unused) and `true` is returned. If that delete
     /// fails the reference is kept and the error returned, so the release can be retried.
     pub async fn release(&self, labels: &Labels) -> Result<bool, AllocatorError> {
         let key = labels.to_kvstore_string();
