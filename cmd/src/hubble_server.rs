@@ -568,6 +568,13 @@ async fn sync_endpoints(
         .send(ListEndpoints)
         .await
         .map_err(|_| "endpoint manager")?;
+    // Events are observed on the endpoints' host-side veths, where the programs run.
+    cache.replace_interfaces(
+        endpoints
+            .iter()
+            .filter(|ep| ep.host_ifindex != 0)
+            .map(|ep| (ep.host_ifindex, ep.host_ifname.clone())),
+    );
     cache.replace_endpoints(endpoints.into_iter().map(|ep| EndpointInfo {
         id: u32::from(ep.id.get()),
         identity: ep.identity.get(),

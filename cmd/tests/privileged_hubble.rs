@@ -459,11 +459,16 @@ fn privileged_hubble_relay() {
     // What the relay must show, from which node: the intruder's SYN dropped by node-2's drop
     // notification (not only the policy verdict event before it), the client's SYN delivered
     // to the echo pod on node-2 (a to-endpoint trace), and node-1 seeing the client's packets
-    // leave its pod.
+    // leave its pod; a trace names the device it was observed on (the echo pod's host-side
+    // veth).
     let expected: [Expected<'_>; 3] = [
         ("denied drop", &node2, &|f| is_denied(f) && is_drop_event(f)),
-        ("allowed to-endpoint", &node2, &|f| {
-            is_allowed(f) && f["trace_observation_point"] == "TO_ENDPOINT"
+        ("allowed to-endpoint on the pod's veth", &node2, &|f| {
+            is_allowed(f)
+                && f["trace_observation_point"] == "TO_ENDPOINT"
+                && f["interface"]["name"]
+                    .as_str()
+                    .is_some_and(|name| name.starts_with("lxc"))
         }),
         ("client egress", &node1, &|f| from_pod(f, &client)),
     ];

@@ -59,6 +59,9 @@ pub struct EnrichmentCache {
     endpoints: RwLock<Endpoints>,
     ips: RwLock<HashMap<IpAddr, IpInfo>>,
     identities: RwLock<HashMap<NumericIdentity, Vec<String>>>,
+    /// Names of the devices events are observed on (the endpoints' host-side veths), by
+    /// ifindex.
+    interfaces: RwLock<HashMap<u32, String>>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -138,6 +141,13 @@ impl EnrichmentCache {
     pub fn remove_identity(&self, id: NumericIdentity) -> Option<Vec<String>> {
         write(&self.identities).remove(&id)
     }
+
+    /// Replaces the names of the devices events can be observed on, by ifindex (a full
+    /// resync; the agent passes its endpoints' host-side veths).
+    pub fn replace_interfaces(&self, interfaces: impl IntoIterator<Item = (u32, String)>) {
+        let fresh: HashMap<u32, String> = interfaces.into_iter().collect();
+        *write(&self.interfaces) = fresh;
+    }
 }
 
 impl Enricher for EnrichmentCache {
@@ -160,6 +170,10 @@ impl Enricher for EnrichmentCache {
 
     fn identity_labels(&self, id: NumericIdentity) -> Option<Vec<String>> {
         read(&self.identities).get(&id).cloned()
+    }
+
+    fn interface_name(&self, ifindex: u32) -> Option<String> {
+        read(&self.interfaces).get(&ifindex).cloned()
     }
 }
 

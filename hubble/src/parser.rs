@@ -68,6 +68,11 @@ pub trait Enricher: Send + Sync + std::fmt::Debug {
     fn ip_identity(&self, ip: IpAddr) -> Option<IpInfo>;
     /// The labels of an identity.
     fn identity_labels(&self, id: NumericIdentity) -> Option<Vec<String>>;
+    /// The name of the device with this ifindex in the node's namespace, if known (flows
+    /// observed on it name it, as upstream's `interface.name`).
+    fn interface_name(&self, _ifindex: u32) -> Option<String> {
+        None
+    }
 }
 
 /// A local endpoint as Hubble shows it.
@@ -270,7 +275,10 @@ impl FlowParser {
                 if event.ifindex != 0 {
                     flow.interface = Some(NetworkInterface {
                         index: event.ifindex,
-                        name: String::new(),
+                        name: self
+                            .enricher
+                            .interface_name(event.ifindex)
+                            .unwrap_or_default(),
                     });
                 }
                 if *observation_point == ObservationPoint::ToProxy {

@@ -84,6 +84,8 @@ fn cache() -> Arc<EnrichmentCache> {
             ips: vec![echo_ip()],
         },
     ]);
+    // The client's host-side veth, where the events of the tests are observed (ifindex 17).
+    cache.replace_interfaces([(17, "lxc0a1b2c3d4e5f".to_owned())]);
     cache.upsert_ip(
         remote_client_ip(),
         IpInfo {
@@ -361,6 +363,15 @@ fn to_endpoint_reply_trace_carries_flags_reply_and_the_connection_direction() {
         flow.interface,
         Some(NetworkInterface {
             index: 17,
+            name: "lxc0a1b2c3d4e5f".to_owned()
+        })
+    );
+    // A device the agent does not know keeps its index and no name.
+    ev.ifindex = 18;
+    assert_eq!(
+        parser().parse(&ev).interface,
+        Some(NetworkInterface {
+            index: 18,
             name: String::new()
         })
     );
