@@ -43,6 +43,7 @@ fn syn(endpoint: EndpointId, identity: NumericIdentity, source: Ipv4Addr) -> Mon
         tcp_flags: Some(TcpFlags(0x02)),
         icmp: None,
         is_reply: false,
+        ethernet: None,
         packet_len: 74,
         captured_len: 74,
         ifindex: 7,

@@ -460,7 +460,7 @@ fn privileged_hubble_relay() {
     // notification (not only the policy verdict event before it), the client's SYN delivered
     // to the echo pod on node-2 (a to-endpoint trace), and node-1 seeing the client's packets
     // leave its pod; a trace names the device it was observed on (the echo pod's host-side
-    // veth).
+    // veth) and the frame's MAC addresses.
     let expected: [Expected<'_>; 3] = [
         ("denied drop", &node2, &|f| is_denied(f) && is_drop_event(f)),
         ("allowed to-endpoint on the pod's veth", &node2, &|f| {
@@ -469,6 +469,9 @@ fn privileged_hubble_relay() {
                 && f["interface"]["name"]
                     .as_str()
                     .is_some_and(|name| name.starts_with("lxc"))
+                && f["ethernet"]["destination"]
+                    .as_str()
+                    .is_some_and(|mac| mac.len() == 17)
         }),
         ("client egress", &node1, &|f| from_pod(f, &client)),
     ];

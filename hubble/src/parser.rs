@@ -41,9 +41,9 @@ use datapath::monitor::{
 use model::identity::{NumericIdentity, ReservedIdentity};
 use model::labels::{keys, source};
 use proto::flow::{
-    CiliumEventType, DropReason, Endpoint, FileInfo, Flow, FlowType, IcmPv4, IcmPv6, Ip, IpVersion,
-    Layer4, NetworkInterface, Sctp, Tcp, TcpFlags as FlowTcpFlags, TraceObservationPoint,
-    TraceReason, TrafficDirection, Udp, Verdict, layer4,
+    CiliumEventType, DropReason, Endpoint, Ethernet, FileInfo, Flow, FlowType, IcmPv4, IcmPv6, Ip,
+    IpVersion, Layer4, NetworkInterface, Sctp, Tcp, TcpFlags as FlowTcpFlags,
+    TraceObservationPoint, TraceReason, TrafficDirection, Udp, Verdict, layer4,
 };
 
 /// Upstream's monitor message types (`pkg/monitor/api`), reported as `event_type.type`.
@@ -223,6 +223,10 @@ impl FlowParser {
                 ..Ip::default()
             }),
             l4,
+            ethernet: event.ethernet.map(|(source, destination)| Ethernet {
+                source: source.to_string(),
+                destination: destination.to_string(),
+            }),
             node_name: self.node_name.clone(),
             summary,
             ..Flow::default()

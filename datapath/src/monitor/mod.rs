@@ -27,7 +27,7 @@ use std::str::FromStr;
 use model::identity::NumericIdentity;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{EndpointId, Protocol};
+use crate::api::{EndpointId, MacAddr, Protocol};
 
 #[cfg(feature = "kernel")]
 mod reader;
@@ -442,6 +442,10 @@ pub struct MonitorEvent {
     pub icmp: Option<IcmpTypeCode>,
     /// Whether the packet is a reply of a tracked connection.
     pub is_reply: bool,
+    /// The captured packet's Ethernet addresses, source then destination (the programs run
+    /// on veths, so every packet has an Ethernet header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ethernet: Option<(MacAddr, MacAddr)>,
     /// Length of the whole packet.
     pub packet_len: u32,
     pub captured_len: u16,

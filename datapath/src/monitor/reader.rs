@@ -12,7 +12,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::*;
-use crate::api::{EndpointId, Protocol};
+use crate::api::{EndpointId, MacAddr, Protocol};
 use crate::loader::BpfObjects;
 use crate::maps::events::{
     EVENT_F_IPV6, EVENT_F_REPLY, EventDecodeError, EventRecord, EventsRateLimit, NOTIFY_DROP,
@@ -116,6 +116,7 @@ impl MonitorEvent {
                 _ => None,
             },
             is_reply: record.flags & EVENT_F_REPLY != 0,
+            ethernet: captured_ethernet(record.captured()),
             packet_len: record.len_orig,
             captured_len: record.len_cap,
             ifindex: record.ifindex,
@@ -133,6 +134,14 @@ enum CapturedL4 {
 
 /// TCP flags or ICMP type/code from a captured Ethernet frame; `None` when the capture stops
 /// short of them (or the packet is a non-first fragment).
+/// The source and destination MAC of a captured frame (its first 12 bytes are destination,
+/// then source).
+fn captured_ethernet(data: &[u8]) -> Option<(MacAddr, MacAddr)> {
+    let destination: [u8; 6] = data.get(..6)?.try_into().ok()?;
+    let source: [u8; 6] = data.get(6..12)?.try_into().ok()?;
+    Some((MacAddr(source), MacAddr(destination)))
+}
+
 fn captured_l4(data: &[u8], ipv6: bool, protocol: u8) -> Option<CapturedL4> {
     const ETH_HLEN: usize = 14;
     let ip = data.get(ETH_HLEN..)?;
@@ -497,6 +506,25 @@ mod tests {
             event.connection_summary(),
             "10.0.0.1 -> 10.0.0.2 DestinationUnreachable(Port)"
         );
+    }
+
+    #[test]
+    fn the_captured_frame_gives_the_ethernet_addresses() {
+        let mut rec = record(NOTIFY_TRACE);
+        rec.data[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x22]);
+        rec.data[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x11]);
+        let event = MonitorEvent::from_bytes(&bytes(&rec)).unwrap();
+        assert_eq!(
+            event.ethernet,
+            Some((
+                MacAddr([0x02, 0, 0, 0, 0, 0x11]),
+                MacAddr([0x02, 0, 0, 0, 0, 0x22])
+            ))
+        );
+        // Fewer than 12 captured bytes hold no full header.
+        rec.len_cap = 11;
+        let event = MonitorEvent::from_bytes(&bytes(&rec)).unwrap();
+        assert_eq!(event.ethernet, None);
     }
 
     #[test]

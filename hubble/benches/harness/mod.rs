@@ -83,6 +83,7 @@ fn base_event(kind: MonitorEventKind) -> MonitorEvent {
         tcp_flags: None,
         icmp: None,
         is_reply: false,
+        ethernet: None,
         packet_len: 66,
         captured_len: 66,
         ifindex: 7,

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
+use datapath::api::MacAddr;
 use datapath::monitor::IcmpTypeCode;
 use proto::flow::TraceReason;
 
@@ -136,6 +137,10 @@ fn event(kind: MonitorEventKind, emitter: u16, src: IpAddr, dst: IpAddr) -> Moni
         tcp_flags: Some(TcpFlags(TcpFlags::SYN)),
         icmp: None,
         is_reply: false,
+        ethernet: Some((
+            MacAddr([0x02, 0, 0, 0, 0, 0x11]),
+            MacAddr([0x02, 0, 0, 0, 0, 0x22]),
+        )),
         packet_len: 74,
         captured_len: 74,
         ifindex: 17,
@@ -364,6 +369,13 @@ fn to_endpoint_reply_trace_carries_flags_reply_and_the_connection_direction() {
         Some(NetworkInterface {
             index: 17,
             name: "lxc0a1b2c3d4e5f".to_owned()
+        })
+    );
+    assert_eq!(
+        flow.ethernet,
+        Some(Ethernet {
+            source: "02:00:00:00:00:11".to_owned(),
+            destination: "02:00:00:00:00:22".to_owned(),
         })
     );
     // A device the agent does not know keeps its index and no name.
