@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use datapath::api::{EndpointId, Protocol};
+use datapath::api::{EndpointId, MacAddr, Protocol};
 use datapath::monitor::{
     MonitorEvent, MonitorEventKind, ObservationPoint, PolicyMatchType, TcpFlags, TraceState,
     TrafficDirection,
@@ -83,7 +83,11 @@ fn base_event(kind: MonitorEventKind) -> MonitorEvent {
         tcp_flags: None,
         icmp: None,
         is_reply: false,
-        ethernet: None,
+        // Every frame on a veth has an Ethernet header: the parser formats both addresses.
+        ethernet: Some((
+            MacAddr([0x02, 0, 0, 0, 0, 0x11]),
+            MacAddr([0x02, 0, 0, 0, 0, 0x22]),
+        )),
         packet_len: 66,
         captured_len: 66,
         ifindex: 7,
