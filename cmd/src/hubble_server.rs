@@ -471,6 +471,9 @@ async fn sync_state(
     let mut peers_tick = tokio::time::interval(PEERS_PERIOD);
     peers_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = Seen::default();
+    // The actor last reported gone: polled ten times a second, a dead actor is logged once,
+    // not ten times a second.
+    let mut gone = None;
     loop {
         // Decided before any await, so the stop signal's borrow is not held across one.
         let peers_due = tokio::select! {
@@ -479,11 +482,16 @@ async fn sync_state(
             _ = peers_tick.tick() => true,
         };
         if !peers_due {
-            if let Err(actor) = sync_enrichment(&handles, &cache, &mut seen).await {
-                tracing::warn!(
-                    actor,
-                    "cannot refresh Hubble's enrichment: the actor is gone"
-                );
+            match sync_enrichment(&handles, &cache, &mut seen).await {
+                Ok(()) => gone = None,
+                Err(actor) if gone != Some(actor) => {
+                    tracing::warn!(
+                        actor,
+                        "cannot refresh Hubble's enrichment: the actor is gone"
+                    );
+                    gone = Some(actor);
+                }
+                Err(_) => {}
             }
             continue;
         }
