@@ -7,7 +7,7 @@ if [ "$(id -u)" != 0 ]; then
         echo "==> $0 needs root (network namespaces, BPF programs): running it with sudo" >&2
         keep=("PATH=$PATH")
         for var in CARGO_HOME RUSTUP_HOME CARGO_TARGET_DIR CARGO_INCREMENTAL CLUSTERS NODES CILIUM_LAB_DIR TMPDIR; do
-            [ -n "${!var:-}" ] && keep+=("$var=${!var}")
+            if [ -n "${!var:-}" ]; then keep+=("$var=${!var}"); fi
         done
         exec sudo env "${keep[@]}" "$0" "$@"
     fi
